@@ -1,0 +1,33 @@
+"""`mmseg bench <what>`: benchmarks that print tables (medians over repeated runs in one process).
+
+Each benchmark is a module here with `configure(parser)` and `main(args)`; modules import heavy dependencies (torch,
+rclpy) inside `main` so the menu stays cheap. See BENCHMARKS.md for recorded results.
+"""
+from __future__ import annotations
+
+import importlib
+
+BENCHMARKS = {
+    "codec": "image/PointCloud2 decode, encode and projection",
+    "model": "model forward per number of present modalities; batched vs looped experts",
+    "node": "node overhead vs bare DDS transport",
+    "train": "training step throughput",
+}
+
+
+def configure(parser):
+    sub = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
+    for name, help_text in BENCHMARKS.items():
+        try:
+            module = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as exc:  # a benchmark not built yet: leave it out of the menu
+            if exc.name != f"{__name__}.{name}":
+                raise
+            continue
+        p = sub.add_parser(name, help=help_text)
+        module.configure(p)
+        p.set_defaults(_bench=module)
+
+
+def main(args) -> int:
+    return int(args._bench.main(args) or 0)
