@@ -1,0 +1,280 @@
+"""Evaluation: confusion-matrix metrics, subset enumeration, noise, paper-shaped tables, plots, `mmseg eval`."""
+import json
+import math
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from mmseg_ros import modalities
+from mmseg_ros.errors import ConfigError, DataError
+from mmseg_ros.evaluation import noise, plots, tables
+from mmseg_ros.evaluation.metrics import NAN_POLICY, ConfusionMatrix, Scores
+from mmseg_ros.evaluation.subsets import modality_subsets, parse_subset, subset_code
+
+IGNORE = 255
+
+
+# ------------------------------------------------------------------------------------------------- metrics
+def _hand_case():
+    # 4 classes; class 3 never appears in labels or predictions; two pixels ignored.
+    label = np.array([[0, 0, 1, 1],
+                      [2, 2, IGNORE, IGNORE]])
+    pred = np.array([[0, 1, 1, 1],
+                     [2, 0, 3, 0]])  # the last two are under ignored labels: class 3 stays absent
+    return pred, label
+
+
+def test_confusion_matrix_hand_computed():
+    pred, label = _hand_case()
+    cm = ConfusionMatrix(4).update(pred, label)
+    expected = np.zeros((4, 4), np.int64)
+    expected[0, 0] = 1  # label 0 -> pred 0
+    expected[0, 1] = 1  # label 0 -> pred 1
+    expected[1, 1] = 2
+    expected[2, 2] = 1
+    expected[2, 0] = 1
+    np.testing.assert_array_equal(cm.matrix, expected)
+    s = cm.scores(["a", "b", "c", "d"])
+    # IoU: a = 1 / (2 + 2 - 1) = 1/3; b = 2 / (2 + 3 - 2) = 2/3; c = 1 / (2 + 1 - 1) = 1/2; d = NaN
+    np.testing.assert_allclose(s.iou[:3], [100 / 3, 200 / 3, 50.0])
+    assert math.isnan(s.iou[3])
+    assert s.absent_classes == ["d"]
+    # DELIVER: NaN counts as 0 in the mean over all K classes
+    assert s.miou == pytest.approx((100 / 3 + 200 / 3 + 50.0 + 0.0) / 4)
+    assert s.miou_present == pytest.approx((100 / 3 + 200 / 3 + 50.0) / 3)
+    # per-class accuracy (recall): a 1/2, b 2/2, c 1/2, d NaN -> 0
+    np.testing.assert_allclose(s.accuracy[:3], [50.0, 100.0, 50.0])
+    assert s.macc == pytest.approx((50 + 100 + 50 + 0) / 4)
+    assert s.aacc == pytest.approx(100 * 4 / 6)
+    assert s.fwiou == pytest.approx((2 / 6) * 100 / 3 + (2 / 6) * 200 / 3 + (2 / 6) * 50)
+    assert s.pixels == 6
+    d = s.to_dict()
+    assert d["iou"]["d"] is None and d["absent_classes"] == ["d"] and d["unlabelled_classes"] == ["d"]
+    json.dumps(d, allow_nan=False)  # NaN never reaches JSON
+
+
+def test_class_only_predicted_has_zero_iou_not_nan():
+    cm = ConfusionMatrix(3).update(np.array([2, 2]), np.array([0, 0]))
+    s = cm.scores()
+    assert s.iou[2] == 0.0 and math.isnan(s.accuracy[2]) and s.absent_classes == ["1"]
+
+
+def test_merging_halves_equals_whole_and_torch_matches_numpy():
+    rng = np.random.default_rng(0)
+    k = 7
+    label = rng.integers(0, k, size=(4, 33, 29))
+    label[rng.random(label.shape) < 0.1] = IGNORE
+    pred = rng.integers(0, k, size=label.shape)
+    whole = ConfusionMatrix(k).update(pred, label)
+    first = ConfusionMatrix(k).update(pred[:2], label[:2])
+    second = ConfusionMatrix(k).update(pred[2:], label[2:])
+    np.testing.assert_array_equal((first + second).matrix, whole.matrix)
+    np.testing.assert_array_equal(first.copy().merge(second).matrix, whole.matrix)
+    # torch path (batched updates, int64 and uint8 labels) == numpy path
+    by_torch = ConfusionMatrix(k)
+    for i in range(4):
+        by_torch.update(torch.from_numpy(pred[i]), torch.from_numpy(label[i].astype(np.uint8)))
+    np.testing.assert_array_equal(by_torch.matrix, whole.matrix)
+    assert by_torch.total == int((label != IGNORE).sum())
+    # the matrix round-trips through its list form
+    np.testing.assert_array_equal(ConfusionMatrix.from_matrix(whole.to_list()).matrix, whole.matrix)
+
+
+def test_confusion_matrix_rejects_bad_input():
+    cm = ConfusionMatrix(3)
+    with pytest.raises(DataError, match="label values"):
+        cm.update(np.array([0, 1]), np.array([0, 7]))
+    with pytest.raises(DataError, match="prediction values"):
+        cm.update(torch.tensor([0, 3]), torch.tensor([0, 1]))
+    with pytest.raises(DataError, match="shape"):
+        cm.update(np.zeros((2, 2), int), np.zeros((2, 3), int))
+    with pytest.raises(DataError, match="merge"):
+        cm.merge(ConfusionMatrix(4))
+    assert cm.total == 0  # rejected batches left nothing behind
+
+
+def test_all_reduce_without_process_group_is_identity():
+    cm = ConfusionMatrix(2).update(np.array([0, 1]), np.array([0, 0]))
+    before = cm.matrix.copy()
+    np.testing.assert_array_equal(cm.all_reduce().matrix, before)
+
+
+# ------------------------------------------------------------------------------------------------- subsets
+@pytest.mark.parametrize("trained", [["rgb"], ["depth", "lidar"], ["rgb", "depth", "event", "lidar"],
+                                     ["rgb", "depth", "event", "lidar", "nir"]])
+def test_subset_enumeration_any_m(trained):
+    subsets = modality_subsets(trained)
+    m = len(trained)
+    assert len(subsets) == 2 ** m - 1 == len(set(subsets))
+    assert subsets == modality_subsets(trained)  # stable
+    assert [len(s) for s in subsets] == sorted(len(s) for s in subsets)
+    assert subsets[-1] == tuple(trained) and subsets[:m] == [(t,) for t in trained]
+    for s in subsets:  # each subset keeps the trained order, and its code spells it
+        assert list(s) == [t for t in trained if t in s]
+        assert subset_code(s) == "-".join(modalities.get(n).code for n in s)
+        assert parse_subset(subset_code(s), trained) == s
+
+
+def test_subset_codes_match_mle_sam_table_vi_columns():
+    codes = [subset_code(s) for s in modality_subsets(["rgb", "depth", "event", "lidar"])]
+    assert codes == ["R", "D", "E", "L", "R-D", "R-E", "R-L", "D-E", "D-L", "E-L",
+                     "R-D-E", "R-D-L", "R-E-L", "D-E-L", "R-D-E-L"]
+
+
+def test_parse_subset_rejects_untrained_modality():
+    with pytest.raises(ConfigError, match="not one of the trained"):
+        parse_subset("R-L", ["rgb", "depth"])
+
+
+# --------------------------------------------------------------------------------------------------- noise
+def test_gaussian_noise_statistics_before_and_after_clipping():
+    rng = np.random.default_rng(1)
+    spec = noise.make("gaussian")
+    raw = spec.sample((3, 200, 200), rng)
+    assert raw.std() == pytest.approx(50.0, rel=0.02) and abs(raw.mean()) < 1.0
+    mid = np.full((3, 200, 200), 128 / 255, np.float32)
+    out = noise.corrupt_unit(mid, spec, np.random.default_rng(1))
+    pixels = out * 255
+    assert pixels.min() >= 0 and pixels.max() <= 255
+    # with mean 128 and sigma 50 about 1% of pixels clip; the rest are the exact noise
+    inside = (pixels > 0) & (pixels < 255)
+    np.testing.assert_allclose(pixels[inside] - 128, raw[inside], atol=1e-3)
+    assert inside.mean() > 0.98
+
+
+def test_uniform_noise_bounds_and_clipping_at_the_ends():
+    spec = noise.make("uniform")
+    raw = spec.sample((100_000,), np.random.default_rng(2))
+    assert raw.min() >= -100 and raw.max() <= 100 and raw.min() < -99 and raw.max() > 99
+    assert raw.std() == pytest.approx(200 / math.sqrt(12), rel=0.02)
+    black = np.zeros((1000,), np.float32)
+    out = noise.corrupt_unit(black, spec, np.random.default_rng(2)) * 255
+    assert out.min() == 0.0 and out.max() <= 100.0 + 1e-3
+    assert (out == 0).mean() == pytest.approx(0.5, abs=0.05)  # the negative half is clipped to 0
+
+
+def test_noise_changes_only_the_chosen_modality_and_torch_matches_numpy():
+    rng = np.random.default_rng(3)
+    inputs = {name: torch.rand(2, 3, 16, 16) for name in ("rgb", "depth", "lidar")}
+    out = noise.corrupt_one(inputs, "depth", noise.make("gaussian"), np.random.default_rng(7))
+    assert out["rgb"] is inputs["rgb"] and out["lidar"] is inputs["lidar"]
+    assert not torch.equal(out["depth"], inputs["depth"])
+    assert out["depth"].min() >= 0 and out["depth"].max() <= 1
+    as_numpy = noise.corrupt_unit(inputs["depth"].numpy(), noise.make("gaussian"), np.random.default_rng(7))
+    np.testing.assert_allclose(out["depth"].numpy(), as_numpy, atol=1e-6)
+    with pytest.raises(ConfigError, match="cannot add noise"):
+        noise.corrupt_one(inputs, "event", noise.make("uniform"), rng)
+    with pytest.raises(ConfigError, match="unknown"):
+        noise.make("salt")
+
+
+def test_metric_modality_noise_is_on_the_value_range_scale():
+    lo, hi = modalities.get("depth").value_range
+    metres = np.full((64, 64), (lo + hi) / 2, np.float32)
+    spec = noise.make("gaussian")
+    unit = noise.corrupt_raw("depth", metres, spec, np.random.default_rng(4))
+    assert unit.shape == (64, 64, 3)
+    noisy_metres = lo + unit * (hi - lo)
+    # sigma 50 on the 0..255 scale = 50/255 of the range (a little less after clipping at the ends)
+    assert noisy_metres.std() == pytest.approx(50 / 255 * (hi - lo), rel=0.05)
+    assert noisy_metres.min() >= lo and noisy_metres.max() <= hi
+    # uint8 images get the paper's operation on their pixel values
+    img = np.full((8, 8, 3), 200, np.uint8)
+    got = noise.corrupt_raw("rgb", img, spec, np.random.default_rng(5)) * 255
+    want = np.clip(200 + spec.sample((8, 8, 3), np.random.default_rng(5)), 0, 255)
+    np.testing.assert_allclose(got, want, atol=1e-3)
+
+
+# -------------------------------------------------------------------------------------------- tables, plots
+def _fake_report(trained=("rgb", "depth", "event"), k=5, seed=0):
+    """A results document built from random confusion matrices (class k-1 never occurs)."""
+    rng = np.random.default_rng(seed)
+    names = [f"class{i}" for i in range(k)]
+
+    def matrix():
+        label = rng.integers(0, k - 1, size=400)
+        pred = np.where(rng.random(400) < 0.6, label, rng.integers(0, k - 1, size=400))
+        return ConfusionMatrix(k).update(pred, label)
+
+    subsets = modality_subsets(trained)
+    codes = {s: subset_code(s) for s in subsets}
+    codes.update({(m,): subset_code((m,)) for m in trained})
+    groups = {"fog": "condition", "night": "condition", "motionblur": "case"}
+    clean = {s: {"all": matrix(), **{g: matrix() for g in groups}} for s in subsets}
+    noisy = {(noise.make(kind), m): matrix() for kind in ("gaussian", "uniform") for m in trained}
+    return tables.build_report(class_names=names, trained=trained, subset_codes=codes, clean=clean,
+                               group_kinds=groups, group_samples={g: 2 for g in groups}, noisy=noisy, noise_seed=0,
+                               model={"name": "fake", "modalities": list(trained)},
+                               data={"source": "synthetic:test", "split": "val", "samples": 6})
+
+
+def test_report_json_shape_and_markdown_tables(tmp_path):
+    trained = ("rgb", "depth", "event")
+    report = _fake_report(trained)
+    path = tmp_path / "eval.json"
+    tables.save_json(report, path)
+    loaded = tables.load_json(path)
+    assert loaded["schema"] == tables.SCHEMA and loaded["units"] == "percent"
+    assert loaded["metric_note"] == NAN_POLICY
+    assert loaded["full"]["subset"] == "R-D-E" and len(loaded["full"]["confusion"]) == 5
+    assert list(loaded["subsets"]) == [subset_code(s) for s in modality_subsets(trained)]
+    mean = sum(e["miou"] for e in loaded["subsets"].values()) / 7
+    assert loaded["subsets_mean"]["miou"] == pytest.approx(mean) and loaded["subsets_mean"]["count"] == 7
+    assert loaded["subsets_mean"]["ratio_to_full"] == pytest.approx(mean / loaded["full"]["miou"])
+    assert list(loaded["conditions"]) == ["fog", "night", "motionblur"]
+    assert loaded["conditions"]["motionblur"]["kind"] == "case"
+    assert set(loaded["subset_conditions"]) == set(loaded["subsets"])
+    settings = loaded["noise"]["settings"]
+    assert [(s["noise"], s["modality"]) for s in settings] == [(k, m) for k in ("gaussian", "uniform") for m in trained]
+    for s in settings:
+        assert s["delta_miou"] == pytest.approx(s["miou"] - loaded["full"]["miou"])
+    assert loaded["full"]["absent_classes"] == ["class4"] and loaded["full"]["iou"]["class4"] is None
+
+    md = tables.to_markdown(loaded)
+    lines = md.splitlines()
+    # Table VI: header with every subset code then Mean, one data row with 2^M - 1 + 2 cells
+    header = next(l for l in lines if l.startswith("| Training |"))
+    cells = [c.strip() for c in header.strip("|").split("|")]
+    assert cells == ["Training", "R", "D", "E", "R-D", "R-E", "D-E", "R-D-E", "Mean"]
+    row = lines[lines.index(header) + 2]
+    assert row.split("|")[1].strip() == "R-D-E" and len(row.strip("|").split("|")) == len(cells)
+    assert f"{loaded['subsets_mean']['miou']:.2f}" in row
+    # per-class table: one row per class + the mean; the absent class is shown as counted 0
+    assert "| class4 | – (0) | – (0) |" in md
+    # conditions: one row per condition/case; Table IV cross: one row per subset
+    assert sum(l.startswith("| fog |") for l in lines) == 1
+    header4 = next(l for l in lines if l.startswith("| Modalities |"))
+    assert [c.strip() for c in header4.strip("|").split("|")] == ["Modalities", "fog", "night", "motionblur", "Mean"]
+    # Table VIII: 2 noise kinds x M modalities + the clean row
+    noise_header = next(l for l in lines if l.startswith("| Noise type |"))
+    start = lines.index(noise_header) + 2
+    noise_rows = [l for l in lines[start:start + 2 * len(trained) + 1] if l.startswith("|")]
+    assert len(noise_rows) == 2 * len(trained) + 1 and "none (clean)" in noise_rows[-1]
+    assert "counted as 0" in md and "class4" in md.split("counted as 0")[-1]
+
+
+def test_report_with_only_the_full_set_has_no_subset_tables():
+    k, trained = 3, ("rgb", "lidar")
+    cm = ConfusionMatrix(k).update(np.array([0, 1, 2]), np.array([0, 1, 1]))
+    report = tables.build_report(class_names=list("abc"), trained=trained, subset_codes={trained: "R-L"},
+                                 clean={trained: {"all": cm}}, group_kinds={}, group_samples={})
+    assert "subsets" not in report and "noise" not in report and "conditions" not in report
+    md = tables.to_markdown(report)
+    assert "Table VI" not in md and "| R-L (all trained) |" in md
+
+
+def test_plots_are_written_and_readable(tmp_path):
+    import matplotlib.image
+
+    report = _fake_report(("rgb", "depth"), k=25)
+    names = report["classes"]
+    plots.iou_bars(report["full"], names, tmp_path / "iou.png")
+    plots.confusion_matrix(report["full"]["confusion"], names, tmp_path / "confusion.png")
+    plots.subset_bars(report, tmp_path / "subsets.png")
+    for name in ("iou.png", "confusion.png", "subsets.png"):
+        image = matplotlib.image.imread(tmp_path / name)
+        assert image.ndim == 3 and image.shape[0] > 200 and image.shape[1] > 200
+        assert image[..., :3].std() > 0.05  # not a blank canvas
+    assert not list(tmp_path.glob(".tmp-*"))
