@@ -268,7 +268,7 @@ def test_report_with_only_the_full_set_has_no_subset_tables():
 def test_plots_are_written_and_readable(tmp_path):
     import matplotlib.image
 
-    report = _fake_report(("rgb", "depth"), k=25)
+    report = _fake_report(("rgb", "depth"), k=12)
     names = report["classes"]
     plots.iou_bars(report["full"], names, tmp_path / "iou.png")
     plots.confusion_matrix(report["full"]["confusion"], names, tmp_path / "confusion.png")
@@ -278,3 +278,126 @@ def test_plots_are_written_and_readable(tmp_path):
         assert image.ndim == 3 and image.shape[0] > 200 and image.shape[1] > 200
         assert image[..., :3].std() > 0.05  # not a blank canvas
     assert not list(tmp_path.glob(".tmp-*"))
+
+
+# ------------------------------------------------------------------------------------------------- the loop
+ORACLE_STEP = 10  # the toy data writes class k into the event image as pixel value 10 * k
+
+
+class EventOracle(torch.nn.Module):
+    """A real (parameter-free) segmenter that reads the class id from the event image and knows nothing without
+    it (predicts class 0), so every number the loop reports can be derived by hand."""
+
+    def __init__(self, num_classes):
+        super().__init__()
+        self.num_classes = num_classes
+        self.calls = []
+
+    def forward(self, inputs, present=None):
+        self.calls.append(tuple(inputs))
+        any_input = next(iter(inputs.values()))
+        if "event" in inputs:  # registry normalisation of event is the identity: value = unit image
+            ids = torch.round(inputs["event"][:, 0] * 255 / ORACLE_STEP).long().clamp(0, self.num_classes - 1)
+        else:
+            ids = torch.zeros(any_input.shape[0], *any_input.shape[-2:], dtype=torch.long)
+        return {"logits": torch.nn.functional.one_hot(ids, self.num_classes).permute(0, 3, 1, 2).float()}
+
+
+def write_deliver_tree(root, frames, size=(64, 64)):
+    """frames: [(condition, failure or None, [class id per vertical stripe])] -> a DELIVER-layout val tree."""
+    import cv2
+
+    from mmseg_ros.data import deliver
+
+    h, w = size
+    for number, (condition, failure, stripes) in enumerate(frames):
+        scene = deliver.scene_folder(f"MAP_{number}", failure)
+        ids = np.repeat(np.asarray(stripes), w // len(stripes))[None, :].repeat(h, 0)
+        images = {
+            "img": np.dstack([ids * 7 % 256, ids * 3, np.full_like(ids, 90)]).astype(np.uint8),
+            "hha": np.dstack([ids * 5 % 256] * 3).astype(np.uint8),
+            "event": (ids * ORACLE_STEP).astype(np.uint8),
+            "lidar": (ids * 2).astype(np.uint8),
+            "semantic": np.dstack([ids + 1] * 3).astype(np.uint8),
+        }
+        for folder, image in images.items():
+            path = root / folder / condition / "val" / scene / deliver.frame_file(f"{number:06d}", folder)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            assert cv2.imwrite(str(path), image[..., ::-1] if image.ndim == 3 else image)
+    return root
+
+
+TRAINED = ("rgb", "depth", "event", "lidar")
+FRAMES = [("fog", None, [0, 6, 6, 12]), ("fog", "motionblur", [6, 6, 9, 9]),
+          ("night", None, [0, 0, 12, 3]), ("night", "lidarjitter", [3, 6, 9, 12])]
+
+
+@pytest.fixture(scope="module")
+def toy_dataset(tmp_path_factory):
+    from mmseg_ros.data.deliver import Deliver
+    from mmseg_ros.evaluation.evaluate import unit_pipeline
+
+    root = write_deliver_tree(tmp_path_factory.mktemp("deliver"), FRAMES)
+    return Deliver(root, "val", modalities=TRAINED, transform=unit_pipeline((32, 32), TRAINED))
+
+
+def _run(dataset, **kwargs):
+    from mmseg_ros.data.transforms import ToModelInput
+    from mmseg_ros.evaluation.evaluate import evaluate
+
+    model = EventOracle(25)
+    result = evaluate(model, dataset, modalities=TRAINED, normalization=ToModelInput.registry_normalization(TRAINED),
+                      num_classes=25, progress=False, **kwargs)
+    return model, result
+
+
+def test_evaluation_loop_subsets_conditions_and_noise(toy_dataset):
+    from mmseg_ros.evaluation.evaluate import ALL
+
+    subsets = modality_subsets(TRAINED)
+    model, result = _run(toy_dataset, subsets=subsets, noises=[noise.make("gaussian"), noise.make("uniform")],
+                         conditions=True, batch_size=3, seed=5)
+    assert result.samples == 4
+    # every subset was fed exactly its own modalities (2 batches x (15 subsets + 2 x 4 noise settings))
+    assert len(model.calls) == 2 * (15 + 8)
+    assert {c for c in model.calls} == set(subsets)
+    present = sorted({c for _, _, stripes in FRAMES for c in stripes})
+    names = [f"c{i}" for i in range(25)]
+    for subset in subsets:
+        s = result.clean[subset][ALL].scores(names)
+        if "event" in subset:  # the oracle is perfect: 100 on each present class, NaN -> 0 for the other 20
+            assert s.miou == pytest.approx(100 * len(present) / 25) and s.miou_present == pytest.approx(100)
+        else:  # everything predicted as class 0, which covers 3 of the 16 stripes
+            assert s.iou[0] == pytest.approx(100 * 3 / 16) and s.aacc == pytest.approx(100 * 3 / 16)
+    assert result.ordered_groups() == ["fog", "night", "motionblur", "lidarjitter"]
+    assert result.group_samples == {"fog": 2, "night": 2, "motionblur": 1, "lidarjitter": 1}
+    assert result.clean[("rgb",)]["fog"].total == 2 * 32 * 32
+    assert result.clean[("rgb",)]["fog"].scores().iou[0] == pytest.approx(100 * 1 / 8)
+    # noise: only the corrupted modality matters; corrupting the event image breaks the oracle
+    clean_full = result.clean[TRAINED][ALL].matrix
+    for (spec, modality), matrix in result.noisy.items():
+        if modality == "event":
+            assert matrix.scores().aacc < 50
+        else:
+            np.testing.assert_array_equal(matrix.matrix, clean_full)
+    # the results document carries all of it in the papers' shapes
+    from mmseg_ros.evaluation.evaluate import to_report
+
+    report = to_report(result, names, TRAINED, seed=5, model={"name": "oracle"}, data={"source": "toy"})
+    assert report["data"]["samples"] == 4 and report["noise"]["seed"] == 5
+    assert list(report["subsets"]) == [subset_code(s) for s in subsets]
+    assert list(report["conditions"]) == ["fog", "night", "motionblur", "lidarjitter"]
+    assert report["subset_conditions"]["E"]["night"] == pytest.approx(100 * 5 / 25)  # classes 0, 3, 6, 9, 12
+    event_rows = [s for s in report["noise"]["settings"] if s["modality"] == "event"]
+    assert len(event_rows) == 2 and all(s["delta_miou"] < -1 for s in event_rows)
+    json.dumps(report, allow_nan=False)
+
+
+def test_noise_does_not_depend_on_batching(toy_dataset):
+    kwargs = dict(noises=[noise.make("uniform")], seed=3)
+    _, by_one = _run(toy_dataset, batch_size=1, **kwargs)
+    _, by_four = _run(toy_dataset, batch_size=4, **kwargs)
+    _, other_seed = _run(toy_dataset, batch_size=4, noises=[noise.make("uniform")], seed=4)
+    key = (noise.make("uniform"), "event")
+    np.testing.assert_array_equal(by_one.noisy[key].matrix, by_four.noisy[key].matrix)
+    assert not np.array_equal(by_four.noisy[key].matrix, other_seed.noisy[key].matrix)
