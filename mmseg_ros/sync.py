@@ -7,8 +7,8 @@ reads a clock itself, so the same input sequence always gives the same output, l
 Policy. The anchor input (by default the first configured) sets the output rate: each anchor message opens a set.
 For every other input the set takes the message whose stamp is nearest to the anchor stamp within `slop`
 (ties go to the newer message; one message may serve several sets). A set is emitted as soon as it is complete
-(every input has a match and has delivered a stamp at or after the anchor stamp, so no nearer message can follow)
-or once `max_wait` has passed since the anchor message arrived; whatever has no match then is listed as missing
+(every input has a match and has delivered a stamp at or after the anchor stamp, so no nearer message can follow;
+an input that is silent is not waited for) or once `max_wait` has passed since the anchor message arrived; whatever has no match then is listed as missing
 with a reason (`Missing`): SILENT (nothing arrived for `silence_timeout`), STALE (arriving, but its newest stamp is
 more than `silence_timeout` behind the anchor stamp) or OUT_OF_SLOP (it delivers, just nothing within `slop`).
 Sets are emitted in increasing anchor stamp; a set with fewer than `min_modalities` inputs present is dropped and
@@ -423,16 +423,19 @@ class Synchronizer:
         return True
 
     # ---------------------------------------------------------------- anchor
-    def _alive(self, inp: _Input, now: int) -> bool:
-        timeout = self.config.silence_timeout_ns
-        if inp.last_arrival is None:  # the configured anchor is given the benefit of the doubt at start
-            return inp.name == self.config.anchor and self._origin is not None and now - self._origin <= timeout
-        return now - inp.last_arrival <= timeout
+    def _silent(self, inp: _Input, now: int) -> bool:
+        """Nothing arrived for silence_timeout; an input not heard from yet gets that long from the (re)start."""
+        last = inp.last_arrival if inp.last_arrival is not None else self._origin
+        return last is None or now - last > self.config.silence_timeout_ns
+
+    def _can_anchor(self, inp: _Input, now: int) -> bool:
+        # Only the configured anchor may hold the role before it has delivered anything.
+        return not self._silent(inp, now) and (inp.last_arrival is not None or inp.name == self.config.anchor)
 
     def _update_anchor(self, now: int) -> None:
-        if self._anchor == self.config.anchor and self._alive(self._inputs[self._anchor], now):
+        if self._anchor == self.config.anchor and self._can_anchor(self._inputs[self._anchor], now):
             return  # the usual case: the configured anchor is alive and nothing outranks it
-        best = next((n for n in self.config.priority if self._alive(self._inputs[n], now)), None)
+        best = next((n for n in self.config.priority if self._can_anchor(self._inputs[n], now)), None)
         if best is None or best == self._anchor:
             return
         self._anchor = best
@@ -472,10 +475,11 @@ class Synchronizer:
                 best = record
         return best
 
-    def _settled(self, pending: _Pending) -> bool:
-        """Every other input has a match and a stamp at or after the anchor's: waiting cannot improve the set."""
+    def _settled(self, pending: _Pending, now: int) -> bool:
+        """Waiting cannot improve the set: every other live input has a match and has delivered a stamp at or after
+        the anchor's (so, arriving in order, nothing nearer can follow). A silent input holds nothing back."""
         for name, inp in self._inputs.items():
-            if name == pending.anchor:
+            if name == pending.anchor or self._silent(inp, now):
                 continue
             if inp.newest is None or inp.newest < pending.stamp or self._nearest(inp, pending.stamp) is None:
                 return False
@@ -486,7 +490,7 @@ class Synchronizer:
         while self._pending:
             forced = len(self._pending) > self.config.buffer_size
             front = self._pending[0]
-            if not (forced or now >= front.deadline or self._settled(front)):
+            if not (forced or now >= front.deadline or self._settled(front, now)):
                 break
             ready.extend(self._emit_front(now, forced))
         return ready
