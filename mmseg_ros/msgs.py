@@ -112,6 +112,11 @@ def _ros_types():
     return sensor_msgs, RosHeader
 
 
+def ros_messages_available() -> bool:
+    """Whether builders here return real sensor_msgs messages (by default)."""
+    return _ros_types() is not None
+
+
 def _new(name: str, ros):
     """A new message of type `name`: real sensor_msgs if `ros` is True or (None and importable), else plain."""
     types = _ros_types() if ros is not False else None
@@ -158,13 +163,11 @@ def _get(msg, name: str, kind: str):
 
 def _count(msg, name: str, kind: str) -> int:
     value = _get(msg, name, kind)
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise MessageError(f"{kind}.{name} must be an integer, got {value!r}") from None
-    if number < 0 or number != value:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+        raise MessageError(f"{kind}.{name} must be an integer, got {value!r}")
+    if value < 0:
         raise MessageError(f"{kind}.{name} must be a non-negative integer, got {value!r}")
-    return number
+    return int(value)
 
 
 def _bytes_of(msg, kind: str) -> np.ndarray:
@@ -206,8 +209,11 @@ _NAMED_ENCODINGS = {
 # OpenCV-style names (8UC3, 32FC1, ...): the depths sensor_msgs/image_encodings defines.
 _GENERIC_ENCODING = re.compile(r"(8U|8S|16U|16S|32S|32F|64F)C([1-9][0-9]*)")
 _GENERIC_DTYPES = {"8U": "u1", "8S": "i1", "16U": "u2", "16S": "i2", "32S": "i4", "32F": "f4", "64F": "f8"}
-# Channel orders that must be swapped or cut to give RGB.
-_TO_RGB = {"bgr8": [2, 1, 0], "bgr16": [2, 1, 0], "rgba8": [0, 1, 2], "rgba16": [0, 1, 2], "bgra8": [2, 1, 0], "bgra16": [2, 1, 0]}
+# Channel slices that turn a colour encoding into RGB without copying (BGR reversed, alpha cut).
+_TO_RGB = {
+    "bgr8": slice(None, None, -1), "bgr16": slice(None, None, -1), "bgra8": slice(2, None, -1),
+    "bgra16": slice(2, None, -1), "rgba8": slice(0, 3), "rgba16": slice(0, 3),
+}
 
 
 def pixel_format(encoding: str) -> PixelFormat:
@@ -256,11 +262,12 @@ def image_to_numpy(msg) -> np.ndarray:
 
 
 def image_for_model(msg) -> np.ndarray:
-    """Image -> array ready for `preprocess.to_unit`: colour encodings in RGB order with alpha dropped; everything
-    else (mono, depth, 2-channel event counts, float) as `image_to_numpy` gives it."""
+    """Image -> array ready for `preprocess.to_unit`: colour encodings in RGB order with alpha dropped (still a view;
+    np.ascontiguousarray it where a contiguous array is needed); everything else (mono, depth, 2-channel event
+    counts, float) as `image_to_numpy` gives it."""
     image = image_to_numpy(msg)
-    order = _TO_RGB.get(msg.encoding)
-    return image[:, :, order] if order is not None else image
+    channels = _TO_RGB.get(msg.encoding)
+    return image[:, :, channels] if channels is not None else image
 
 
 def numpy_to_image(image, encoding: str, header=None, *, step: int | None = None, is_bigendian: bool = False,
@@ -409,8 +416,12 @@ def pointcloud_xyz(msg_or_points, names: Sequence[str] = ("x", "y", "z")) -> np.
     for name in names:
         if points.dtype[name].shape:
             raise MessageError(f"PointCloud2 field {name!r} has count {points.dtype[name].shape[0]}, expected 1")
-    xyz = np.stack([points[n].astype(np.float64) for n in names], axis=1)
-    return xyz[np.isfinite(xyz).all(axis=1)]
+    xyz = np.empty((points.size, 3), dtype=np.float64)
+    finite = np.ones(points.size, dtype=bool)
+    for column, name in enumerate(names):  # column by column: reductions over a length-3 axis are slow in numpy
+        xyz[:, column] = points[name]
+        finite &= np.isfinite(xyz[:, column])
+    return xyz[finite]
 
 
 def numpy_to_pointcloud(points, header=None, *, height: int = 1, row_step: int | None = None,
@@ -575,24 +586,35 @@ def project_points(points, camera: Camera, extrinsic, *, value: str = "range", m
         raise MessageError(f"points must have shape (N, 3), got {pts.shape}")
     t = _extrinsic(extrinsic)
     image = np.zeros((camera.height, camera.width), dtype=np.float32)
-    cam = pts @ t[:3, :3].T + t[:3, 3]
-    z = cam[:, 2]
-    keep = np.isfinite(cam).all(axis=1) & (z > min_depth)
-    cam, z, pts = cam[keep], z[keep], pts[keep]
-    x, y = cam[:, 0] / z, cam[:, 1] / z
-    if camera.distorted:
-        x, y, inside = _distort(x, y, camera)
-        x, y, z, pts = x[inside], y[inside], z[inside], pts[inside]
-    k = camera.k
-    u = np.floor(k[0, 0] * x + k[0, 1] * y + k[0, 2] + 0.5)
-    v = np.floor(k[1, 1] * y + k[1, 2] + 0.5)
-    on_image = (u >= 0) & (u < camera.width) & (v >= 0) & (v < camera.height)
-    pixel = (v[on_image] * camera.width + u[on_image]).astype(np.int64)
-    z = z[on_image]
-    values = np.linalg.norm(pts[on_image], axis=1) if value == "range" else z
-    nearest_first = np.argsort(z, kind="stable")
-    pixels, first = np.unique(pixel[nearest_first], return_index=True)  # first hit per pixel = nearest point
-    image.reshape(-1)[pixels] = values[nearest_first[first]]
+    # Written out per axis: a BLAS matmul with 3 columns is slower, and badly so when other processes hold the cores.
+    px, py, pz = pts[:, 0], pts[:, 1], pts[:, 2]
+    cx, cy, z = (t[i, 0] * px + t[i, 1] * py + t[i, 2] * pz + t[i, 3] for i in range(3))
+    with np.errstate(divide="ignore", invalid="ignore"):  # points behind the camera or NaN are masked out here
+        keep = z > min_depth
+        x, y = cx / z, cy / z
+        if camera.distorted:
+            x, y, inside = _distort(x, y, camera)
+            keep &= inside
+        k = camera.k
+        u = np.floor(k[0, 0] * x + k[0, 1] * y + k[0, 2] + 0.5)
+        v = np.floor(k[1, 1] * y + k[1, 2] + 0.5)
+        keep &= (u >= 0) & (u < camera.width) & (v >= 0) & (v < camera.height)
+    hit = np.flatnonzero(keep)
+    if not hit.size:
+        return image
+    pixel = v[hit].astype(np.int64) * camera.width + u[hit].astype(np.int64)
+    depth = z[hit]
+    # One sort groups the points by pixel with the nearest first: the key is the pixel index plus the depth scaled
+    # into [0, 1) (float64 keeps depth differences above ~1e-9 of the largest depth apart).
+    order = np.argsort(pixel + depth / (depth.max() * (1 + 1e-6)))
+    sorted_pixels = pixel[order]
+    first = np.ones(order.size, dtype=bool)
+    np.not_equal(sorted_pixels[1:], sorted_pixels[:-1], out=first[1:])
+    winners = hit[order[first]]
+    if value == "range":
+        image.reshape(-1)[sorted_pixels[first]] = np.sqrt(px[winners] ** 2 + py[winners] ** 2 + pz[winners] ** 2)
+    else:
+        image.reshape(-1)[sorted_pixels[first]] = z[winners]
     return image
 
 

@@ -1,0 +1,95 @@
+"""`mmseg bench codec`: Image decode/encode per encoding and PointCloud2 decode + projection, medians in ms.
+
+Decode is `image_to_numpy` (a view of msg.data when the byte order is native) and `image_for_model` (colour made
+RGB, still a view; the copy happens in preprocess' float conversion); encode is `numpy_to_image` into a real sensor_msgs/Image when sensor_msgs is importable (the node's path),
+else into the plain stand-in. The cloud is a synthetic 360-degree scan in front of a pinhole camera.
+"""
+from __future__ import annotations
+
+ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8", "mono16", "8UC2", "8UC3", "16UC1", "32FC1")
+
+
+def configure(parser):
+    parser.add_argument("--size", type=int, default=1024, help="image height and width (default 1024)")
+    parser.add_argument("--points", type=int, default=100_000, help="PointCloud2 points (default 100000)")
+    parser.add_argument("--repeat", type=int, default=7, help="timed runs per cell; the median is printed")
+    parser.add_argument("--encodings", nargs="+", default=list(ENCODINGS), metavar="ENCODING")
+
+
+def _image(encoding: str, size: int, rng):
+    import numpy as np
+
+    from .. import msgs
+
+    fmt = msgs.pixel_format(encoding)
+    shape = (size, size) if fmt.channels == 1 else (size, size, fmt.channels)
+    if np.dtype(fmt.dtype).kind == "f":
+        return rng.uniform(0.0, 80.0, shape).astype(fmt.dtype)
+    return rng.integers(0, np.iinfo(fmt.dtype).max, shape, dtype=fmt.dtype, endpoint=True)
+
+
+def _scan(points: int, rng):
+    """A LiDAR-like cloud: 64 rings, points on a cylinder of varied radius, with intensity and padding."""
+    import numpy as np
+
+    dtype = np.dtype({"names": ["x", "y", "z", "intensity", "ring"], "formats": ["<f4", "<f4", "<f4", "<f4", "<u2"],
+                      "offsets": [0, 4, 8, 16, 20], "itemsize": 32})
+    cloud = np.zeros(points, dtype)
+    azimuth = rng.uniform(-np.pi, np.pi, points)
+    elevation = np.deg2rad(rng.integers(-16, 16, points) * 1.0)
+    radius = rng.uniform(2.0, 60.0, points)
+    cloud["x"] = radius * np.cos(elevation) * np.cos(azimuth)
+    cloud["y"] = radius * np.cos(elevation) * np.sin(azimuth)
+    cloud["z"] = radius * np.sin(elevation)
+    cloud["intensity"] = rng.uniform(0, 255, points)
+    cloud["ring"] = rng.integers(0, 64, points)
+    return cloud
+
+
+def main(args) -> int:
+    import numpy as np
+
+    from .. import msgs
+    from .timing import markdown_table, median_ms, time_call
+
+    rng = np.random.default_rng(0)
+    real = msgs.ros_messages_available()
+    rows = []
+    for encoding in args.encodings:
+        image = _image(encoding, args.size, rng)
+        native = msgs.numpy_to_image(image, encoding)
+        swapped = msgs.numpy_to_image(image, encoding, is_bigendian=True)
+        padded = msgs.numpy_to_image(image, encoding, step=native.step + 64)
+        rows.append([
+            encoding, f"{len(native.data) / 2**20:.1f}",
+            median_ms(time_call(lambda: msgs.image_to_numpy(native), args.repeat)),
+            median_ms(time_call(lambda: msgs.image_to_numpy(padded), args.repeat)),
+            median_ms(time_call(lambda: msgs.image_to_numpy(swapped), args.repeat)),
+            median_ms(time_call(lambda: msgs.image_for_model(native), args.repeat)),
+            median_ms(time_call(lambda: msgs.numpy_to_image(image, encoding), args.repeat)),
+        ])
+    print(f"Images {args.size}x{args.size}, median of {args.repeat} runs, ms; encode into "
+          f"{'sensor_msgs/Image' if real else 'the plain Image stand-in (sensor_msgs not importable)'}")
+    print(markdown_table(["encoding", "MB", "decode", "decode padded step", "decode big-endian",
+                          "image_for_model (RGB view)", "encode"], rows))
+
+    cloud = _scan(args.points, rng)
+    msg = msgs.numpy_to_pointcloud(cloud)
+    info = msgs.numpy_to_camera_info([600.0, 0, 512, 0, 600.0, 384, 0, 0, 1], 1024, 768,
+                                     d=(-0.1, 0.01, 0.001, -0.001, 0.0))
+    camera = msgs.camera_from_info(info)
+    lidar_to_camera = np.array([[0, -1, 0, 0.0], [0, 0, -1, -0.1], [1, 0, 0, -0.2], [0, 0, 0, 1]], dtype=float)
+    xyz = msgs.pointcloud_xyz(msg)
+    image = msgs.project_points(xyz, camera, lidar_to_camera)
+    steps = [
+        ("decode (pointcloud_to_numpy)", lambda: msgs.pointcloud_to_numpy(msg)),
+        ("xyz of finite points", lambda: msgs.pointcloud_xyz(msg)),
+        ("project (plumb_bob, nearest wins)", lambda: msgs.project_points(xyz, camera, lidar_to_camera)),
+        ("total (pointcloud_to_range_image)", lambda: msgs.pointcloud_to_range_image(msg, info, lidar_to_camera)),
+        ("encode (numpy_to_pointcloud)", lambda: msgs.numpy_to_pointcloud(cloud)),
+    ]
+    print()
+    print(f"PointCloud2 of {args.points} points ({len(msg.data) / 2**20:.1f} MB) into a "
+          f"{camera.width}x{camera.height} camera: {np.count_nonzero(image)} pixels hit; median of {args.repeat} runs")
+    print(markdown_table(["step", "ms"], [[name, median_ms(time_call(fn, args.repeat))] for name, fn in steps]))
+    return 0
