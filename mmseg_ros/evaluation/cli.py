@@ -1,0 +1,198 @@
+"""`mmseg eval`: score a checkpoint on a data set and print/save the paper-shaped tables.
+
+    mmseg eval --checkpoint models/x.pt [--card models/x.yaml] --data DIR|synthetic:<spec> [--split val]
+               [--subsets all|full|R-D,R-D-E-L] [--noise] [--conditions] [--size H [W]] [--out DIR]
+
+Prints the Markdown report; with --out (default `eval/<model name>`) also writes results.json (schema in tables.py),
+results.md, per_class_iou.png, confusion.png and, with several subsets, subsets.png.
+"""
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+
+import yaml
+
+from ..errors import ConfigError
+
+OUTPUT_FILES = {"json": "results.json", "markdown": "results.md", "iou": "per_class_iou.png",
+                "confusion": "confusion.png", "subsets": "subsets.png"}
+
+
+def configure(parser) -> None:
+    parser.add_argument("--checkpoint", help="project checkpoint (.pt); default: the card's `checkpoint`")
+    parser.add_argument("--card", help="model card name or path; default: the card stored in the checkpoint")
+    parser.add_argument("--data", required=True, help="dataset folder, or synthetic:<spec> to generate scenes")
+    parser.add_argument("--dataset", default="deliver", help="loader for a folder: deliver, muses, mcubes")
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="loader keyword (e.g. depth_source=depth); default: the training recipe's, if stored")
+    parser.add_argument("--subsets", default="full",
+                        help="'full' (the trained set), 'all' (every non-empty subset, Table VI) or codes: R-D,R-D-E-L")
+    parser.add_argument("--noise", action="store_true", help="Gaussian and uniform noise on one modality at a time")
+    parser.add_argument("--noise-sigma", type=float, default=None, help="Gaussian sigma on 0..255 (paper: 50)")
+    parser.add_argument("--noise-range", type=float, default=None, help="uniform half-width on 0..255 (paper: 100)")
+    parser.add_argument("--conditions", action="store_true", help="split results by condition and failure case")
+    parser.add_argument("--size", type=int, nargs="+", metavar="N", help="input size H [W]; default: the card's")
+    parser.add_argument("--out", help="output folder (default eval/<model name>); '-' writes nothing")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="autocast on CUDA")
+    parser.add_argument("--seed", type=int, default=0, help="noise seed")
+    parser.add_argument("--max-samples", type=int, default=None, help="evaluate only the first N samples")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def main(args) -> int:
+    import torch
+
+    from . import plots, tables
+    from .evaluate import evaluate, to_report
+    from .subsets import modality_subsets, parse_subset, subset_code
+
+    device = _device(args.device)
+    model, card, checkpoint_path, meta = load_model(args.checkpoint, args.card)
+    model.to(device)
+    size = _size(args.size, card.input_size)
+    options = _options(args.option, meta)
+    dataset, source = open_dataset(args.data, args.dataset, args.split, card, size, options)
+
+    trained = tuple(card.modalities)
+    if args.subsets == "all":
+        subsets = modality_subsets(trained)
+    elif args.subsets == "full":
+        subsets = [trained]
+    else:
+        subsets = [parse_subset(text, trained) for text in args.subsets.split(",")]
+    noises = []
+    if args.noise:
+        from . import noise
+
+        noises = [noise.make("gaussian", args.noise_sigma), noise.make("uniform", args.noise_range)]
+
+    result = evaluate(
+        model, dataset, modalities=trained, normalization={m: card.normalization(m) for m in trained},
+        num_classes=card.num_classes, subsets=subsets, noises=noises, conditions=args.conditions,
+        batch_size=args.batch_size, num_workers=args.workers, device=device, precision=args.precision,
+        seed=args.seed, progress=not args.no_progress, max_samples=args.max_samples,
+    )
+    report = to_report(
+        result, card.class_names, trained, seed=args.seed,
+        model={"name": card.name, "architecture": card.architecture, "modalities": list(trained),
+               "code": subset_code(trained), "card": str(card.path) if card.path else None,
+               "checkpoint": str(checkpoint_path), "checkpoint_sha256": _sha256(checkpoint_path),
+               "input_size": list(card.input_size)},
+        data={"source": source, "dataset": args.dataset if not args.data.startswith("synthetic:") else "synthetic",
+              "split": args.split, "size": list(size), "options": options, "device": str(device),
+              "precision": args.precision, "torch": torch.__version__},
+    )
+    markdown = tables.to_markdown(report)
+    print(markdown)
+    out = Path(args.out) if args.out else Path("eval") / card.name
+    if args.out != "-":
+        tables.save_json(report, out / OUTPUT_FILES["json"])
+        from ..atomic import atomic_open
+
+        with atomic_open(out / OUTPUT_FILES["markdown"], "w") as f:
+            f.write(markdown)
+        if "full" in report:
+            plots.iou_bars(report["full"], card.class_names, out / OUTPUT_FILES["iou"],
+                           title=f"{card.name}: per-class IoU ({report['full']['subset']})",
+                           colors=card.class_set.palette())
+            plots.confusion_matrix(report["full"]["confusion"], card.class_names, out / OUTPUT_FILES["confusion"],
+                                   title=f"{card.name}: confusion matrix ({report['full']['subset']}, row-normalised)")
+        if "subsets" in report:
+            plots.subset_bars(report, out / OUTPUT_FILES["subsets"], title=f"{card.name}: mIoU per modality subset")
+        print(f"wrote {out}/{{{','.join(OUTPUT_FILES.values())}}}", file=sys.stderr)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------------ helpers
+def load_model(checkpoint, card_ref):
+    """(model in eval mode, card, checkpoint path, checkpoint meta) from --checkpoint and/or --card."""
+    from .. import cards
+    from ..nn import checkpoint as ckpt_io
+    from ..nn.build import build_model
+
+    card = cards.load(card_ref) if card_ref else None
+    if checkpoint is None:
+        if card is None or card.checkpoint is None:
+            raise ConfigError("--checkpoint is required unless --card names a card with a `checkpoint`")
+        checkpoint = card.checkpoint
+    stored = ckpt_io.read_checkpoint(checkpoint)
+    if card is None:
+        card = cards.from_dict(stored["card"], source=f"{checkpoint} (stored card)")
+    model = build_model(card)
+    meta = ckpt_io.load_trained_state(model, stored)
+    return model.eval(), card, Path(checkpoint), meta
+
+
+def open_dataset(data: str, dataset: str, split: str, card, size, options):
+    """The evaluation data set (unit inputs at `size`) and a description of where it came from."""
+    from .evaluate import unit_pipeline
+
+    transform = unit_pipeline(size, card.modalities)
+    if data.startswith("synthetic:"):
+        from ..data.synthetic import eval_dataset  # E1's generator: seeded scenes in a DELIVER tree
+
+        return eval_dataset(data[len("synthetic:"):], split=split, modalities=card.modalities, transform=transform,
+                            **options), data
+    from ..training.build import LOADERS
+
+    if dataset not in LOADERS:
+        raise ConfigError(f"--dataset must be one of {list(LOADERS)}, got {dataset!r}")
+    import importlib
+
+    module, attribute = LOADERS[dataset]
+    factory = getattr(importlib.import_module(module), attribute)
+    try:
+        return factory(data, split=split, modalities=card.modalities, transform=transform, **options), data
+    except TypeError as exc:
+        raise ConfigError(f"--option: {exc}") from None
+
+
+def _options(pairs, meta) -> dict:
+    """Loader keywords: the training recipe's data.options stored in the checkpoint meta, then --option KEY=VALUE."""
+    recipe = (meta or {}).get("recipe") or {}
+    options = dict(((recipe.get("data") or {}).get("options") or {}))
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--option expects KEY=VALUE, got {pair!r}")
+        options[key] = yaml.safe_load(value)
+    return options
+
+
+def _size(values, default):
+    if not values:
+        return tuple(default)
+    if len(values) > 2 or min(values) <= 0:
+        raise ConfigError(f"--size takes one or two positive numbers (H [W]), got {values}")
+    height, width = (values[0], values[-1])
+    if height % 32 or width % 32:
+        raise ConfigError(f"--size {height}x{width}: both must be multiples of 32 (the Hiera trunk's stride)")
+    return height, width
+
+
+def _device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"--device {name!r}: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: CUDA is not available here")
+    return device
+
+
+def _sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
