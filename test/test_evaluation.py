@@ -437,3 +437,57 @@ def test_mmseg_eval_end_to_end_on_a_tiny_checkpoint(tmp_path, capsys):
     assert (out / "results.md").read_text().strip() in printed
     for name in ("per_class_iou.png", "confusion.png", "subsets.png"):
         assert matplotlib.image.imread(out / name).shape[0] > 100
+
+
+# --------------------------------------------------------------------------------------------------- DDP
+def _ddp_worker(rank, world, init_file, queue):
+    import torch.distributed as dist
+
+    from mmseg_ros.evaluation.evaluate import ALL, EvalResult
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        pred, label = _ddp_data()
+        half = slice(rank * 2, rank * 2 + 2)
+        matrix = ConfusionMatrix(6).update(torch.from_numpy(pred[half]), torch.from_numpy(label[half])).all_reduce()
+        # an evaluation whose shards saw different conditions: rank 0 only fog, rank 1 only night
+        result = EvalResult(6, [("rgb",)], [])
+        group = ("fog", "night")[rank]
+        result.add_group(group, "condition")
+        result.group_samples[group] += 2
+        result.samples = 2
+        result.clean[("rgb",)][ALL].update(pred[half], label[half])
+        result.clean[("rgb",)][group].update(pred[half], label[half])
+        result.all_reduce()
+        queue.put((rank, matrix.matrix, result.samples, dict(result.group_samples),
+                   {g: m.matrix for g, m in result.clean[("rgb",)].items()}))
+    finally:
+        dist.destroy_process_group()
+
+
+def _ddp_data():
+    rng = np.random.default_rng(11)
+    label = rng.integers(0, 6, size=(4, 9, 10))
+    label[:, 0] = IGNORE
+    return rng.integers(0, 6, size=label.shape), label
+
+
+def test_confusion_matrices_sum_across_ddp_ranks(tmp_path):
+    import torch.multiprocessing as mp
+
+    context = mp.get_context("spawn")
+    queue = context.Queue()
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), queue), nprocs=2, join=True)
+    got = dict((item[0], item[1:]) for item in (queue.get(timeout=60) for _ in range(2)))
+    pred, label = _ddp_data()
+    whole = ConfusionMatrix(6).update(pred, label).matrix
+    fog = ConfusionMatrix(6).update(pred[:2], label[:2]).matrix
+    night = ConfusionMatrix(6).update(pred[2:], label[2:]).matrix
+    for rank in (0, 1):
+        matrix, samples, group_samples, per_group = got[rank]
+        np.testing.assert_array_equal(matrix, whole)
+        assert samples == 4 and group_samples == {"fog": 2, "night": 2}
+        np.testing.assert_array_equal(per_group["all"], whole)
+        np.testing.assert_array_equal(per_group["fog"], fog)
+        np.testing.assert_array_equal(per_group["night"], night)
