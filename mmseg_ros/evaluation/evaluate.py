@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import modalities as modality_registry
 from ..errors import ConfigError, DataError
 from . import noise as noise_lib
 from .metrics import ConfusionMatrix
@@ -181,7 +182,8 @@ def evaluate(
 
     from ..data.common import Collate
 
-    trained = tuple(modalities)
+    trained = modality_registry.canonical(modalities)
+    noises = list(noises)
     subsets = [tuple(s) for s in (subsets or [trained])]
     for subset in subsets:
         if not subset or any(m not in trained for m in subset):
@@ -222,7 +224,7 @@ def evaluate(
                 for row, sample_groups in enumerate(groups):
                     for name, _ in sample_groups:
                         result.clean[subset][name].update(prediction[row], label[row])
-            for number, (spec, modality) in enumerate(settings):
+            for spec, modality in settings:
                 noisy = dict(batch["inputs"])
                 noisy[modality] = _noisy_batch(batch["inputs"][modality], spec, seed, noises.index(spec),
                                                trained.index(modality), batch_indices)
