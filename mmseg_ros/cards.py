@@ -202,6 +202,19 @@ def from_dict(data, source: str = "<card>", base_dir=None, path=None) -> ModelCa
     )
 
 
+def derive(card: ModelCard, source: str | None = None, **changes) -> ModelCard:
+    """A new card from `card` with top-level keys replaced; mapping values are merged one level deep, e.g.
+    `derive(card, input_size=[512, 512], lora={"rank": 8})`."""
+    data = card.to_dict()
+    for key, value in changes.items():
+        if isinstance(value, Mapping) and isinstance(data.get(key), Mapping):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    base = card.path.parent if card.path is not None else None
+    return from_dict(data, source=source or f"{card.name} (derived)", base_dir=base, path=card.path)
+
+
 def read_options(block: Mapping[str, Any], defaults: Mapping[str, Any], where: str) -> Dict[str, Any]:
     """An architecture block merged over its defaults; keys not in `defaults` are rejected (typos fail loudly)."""
     unknown = sorted(set(block) - set(defaults))

@@ -12,7 +12,7 @@ modules in place, SAM2Base's own methods (`forward_image`, `track_step`) use the
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Mapping, Optional
 
 import torch
 from torch import nn
@@ -47,15 +47,20 @@ def build_sam2(card, load_checkpoint: bool = True) -> nn.Module:
     return model
 
 
-def read_sam2_state(path, what: str = "SAM2 checkpoint") -> Dict[str, torch.Tensor]:
-    """The state dict inside an official SAM2 checkpoint file."""
+def load_torch_file(path, what: str):
+    """torch.load on the CPU with weights_only=True; a missing or unreadable file is a CheckpointError."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{what}: file not found: {path}")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise CheckpointError(f"{what}: cannot read {path}: {exc}") from None
+
+
+def read_sam2_state(path, what: str = "SAM2 checkpoint") -> Dict[str, torch.Tensor]:
+    """The state dict inside an official SAM2 checkpoint file."""
+    data = load_torch_file(path, what)
     if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
         found = sorted(data)[:MAX_LISTED] if isinstance(data, dict) else type(data).__name__
         raise CheckpointError(f"{what}: {path} is not an official SAM2 checkpoint (a dict with key 'model'); found {found}")
@@ -65,13 +70,14 @@ def read_sam2_state(path, what: str = "SAM2 checkpoint") -> Dict[str, torch.Tens
 def load_sam2_checkpoint(model: nn.Module, path, what: str = "SAM2 checkpoint") -> None:
     """Load official SAM2 weights into `model` (SAM2Base, LoRA applied or not), strict on names and shapes."""
     state = read_sam2_state(path, what)
-    check_state_matches(model, state, f"{what} {path}", skip=is_lora_name)
+    expected = {k: v for k, v in model.state_dict().items() if not is_lora_name(k)}
+    check_state_matches(expected, state, f"{what} {path}", hint="a different SAM2 size or config?")
     model.load_state_dict(state, strict=False)  # strictness checked above, LoRA tensors excepted
 
 
-def check_state_matches(model: nn.Module, state: Dict[str, torch.Tensor], what: str, skip=lambda name: False) -> None:
+def check_state_matches(expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], what: str,
+                        hint: str = "") -> None:
     """Raise one CheckpointError listing missing and unexpected keys and shape mismatches (model vs file)."""
-    expected = {k: v for k, v in model.state_dict().items() if not skip(k)}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     mismatched = [
@@ -84,7 +90,8 @@ def check_state_matches(model: nn.Module, state: Dict[str, torch.Tensor], what: 
             more = f" (+{len(items) - MAX_LISTED} more)" if len(items) > MAX_LISTED else ""
             problems.append(f"{len(items)} {label}: {', '.join(items[:MAX_LISTED])}{more}")
     if problems:
-        raise CheckpointError(f"{what} does not fit the model (different SAM2 size or config?): " + "; ".join(problems))
+        hint = f" ({hint})" if hint else ""
+        raise CheckpointError(f"{what} does not fit the model{hint}: " + "; ".join(problems))
 
 
 class SAM2Backbone(nn.Module):
