@@ -1,0 +1,218 @@
+"""Write a generated drive as a rosbag2 (mcap or sqlite3) with `rosbags` - no ROS install needed.
+
+Topics (absolute; the node's defaults are the same names relative to its namespace):
+    /rgb/image          sensor_msgs/Image rgb8           camera rate
+    /depth/image        sensor_msgs/Image 32FC1 metres   camera rate (0 = no value)
+    /event/image        sensor_msgs/Image rgb8           event rate (ch 0 positive, ch 1 negative counts x k)
+    /lidar/image        sensor_msgs/Image 32FC1          LiDAR rate (camera z-depth of returns, 0 = none)
+    /lidar/points       sensor_msgs/PointCloud2          x, y, z, intensity float32 in the scanner frame
+    /rgb/camera_info    sensor_msgs/CameraInfo           with every rgb image
+    /gt/labels          sensor_msgs/Image mono8          DELIVER train ids, 255 = ignore (ground truth)
+Header stamps come from the generator (sensor rates, LiDAR offset, jitter); each record's log time is its stamp
+plus a small per-sensor transport latency, and records are written in log-time order. The bag's metadata
+(custom_data) holds the condition, failure, seed, the LiDAR->camera extrinsic and the frame ids.
+"""
+from __future__ import annotations
+
+import heapq
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import numpy as np
+from rosbags.rosbag2 import StoragePlugin, Writer
+from rosbags.typesys import Stores, get_typestore
+
+from ... import modalities
+from ...errors import ConfigError
+from .encode import metres
+
+STORAGES = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
+LABELS_TOPIC = "/gt/labels"
+# Transport latency per sensor (s): log time = header stamp + latency.
+LATENCY_S = {"rgb": 0.004, "depth": 0.006, "event": 0.002, "lidar": 0.012}
+_POINT_FIELDS = ("x", "y", "z", "intensity")
+
+
+def topic(modality: str) -> str:
+    return "/" + modalities.get(modality).topic
+
+
+def sibling_topic(modality: str, name: str) -> str:
+    """E.g. ('rgb', 'camera_info') -> /rgb/camera_info: beside the modality's image topic."""
+    return topic(modality).rsplit("/", 1)[0] + "/" + name
+
+
+TOPICS = {
+    "rgb": (topic("rgb"), "sensor_msgs/msg/Image"),
+    "camera_info": (sibling_topic("rgb", "camera_info"), "sensor_msgs/msg/CameraInfo"),
+    "depth": (topic("depth"), "sensor_msgs/msg/Image"),
+    "event": (topic("event"), "sensor_msgs/msg/Image"),
+    "lidar": (topic("lidar"), "sensor_msgs/msg/Image"),
+    "points": (sibling_topic("lidar", "points"), "sensor_msgs/msg/PointCloud2"),
+    "labels": (LABELS_TOPIC, "sensor_msgs/msg/Image"),
+}
+
+
+class _Messages:
+    """Builds rosbags message objects and serialises them to CDR."""
+
+    def __init__(self):
+        self.store = get_typestore(Stores.ROS2_KILTED)
+        self.t = self.store.types
+
+    def header(self, stamp_ns: int, frame_id: str):
+        sec, nanosec = divmod(int(stamp_ns), 1_000_000_000)
+        return self.t["std_msgs/msg/Header"](stamp=self.t["builtin_interfaces/msg/Time"](sec=sec, nanosec=nanosec),
+                                             frame_id=frame_id)
+
+    def image(self, array: np.ndarray, encoding: str, stamp_ns: int, frame_id: str) -> bytes:
+        array = np.ascontiguousarray(array)
+        h, w = array.shape[:2]
+        msg = self.t["sensor_msgs/msg/Image"](
+            header=self.header(stamp_ns, frame_id), height=h, width=w, encoding=encoding, is_bigendian=0,
+            step=array.strides[0], data=np.frombuffer(array.tobytes(), np.uint8))
+        return self.store.serialize_cdr(msg, "sensor_msgs/msg/Image")
+
+    def camera_info(self, k: np.ndarray, width: int, height: int, stamp_ns: int, frame_id: str) -> bytes:
+        p = np.zeros((3, 4))
+        p[:, :3] = k
+        msg = self.t["sensor_msgs/msg/CameraInfo"](
+            header=self.header(stamp_ns, frame_id), height=height, width=width, distortion_model="plumb_bob",
+            d=np.zeros(5), k=np.asarray(k, np.float64).ravel(), r=np.eye(3).ravel(), p=p.ravel(), binning_x=0,
+            binning_y=0, roi=self.t["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0,
+                                                                       do_rectify=False))
+        return self.store.serialize_cdr(msg, "sensor_msgs/msg/CameraInfo")
+
+    def points(self, xyzi: np.ndarray, stamp_ns: int, frame_id: str) -> bytes:
+        field = self.t["sensor_msgs/msg/PointField"]
+        data = np.ascontiguousarray(xyzi, np.float32)
+        fields = [field(name=n, offset=4 * i, datatype=field.FLOAT32, count=1) for i, n in enumerate(_POINT_FIELDS)]
+        msg = self.t["sensor_msgs/msg/PointCloud2"](
+            header=self.header(stamp_ns, frame_id), height=1, width=len(data), fields=fields, is_bigendian=False,
+            point_step=data.shape[1] * 4, row_step=data.nbytes, data=np.frombuffer(data.tobytes(), np.uint8),
+            is_dense=True)
+        return self.store.serialize_cdr(msg, "sensor_msgs/msg/PointCloud2")
+
+
+def _dropped(drops: Mapping | None, index: int, rng) -> set:
+    """Modalities whose messages are left out of camera frame `index` (a sensor dropping out)."""
+    out = set()
+    for name, rule in (drops or {}).items():
+        if isinstance(rule, float):
+            if rng.random() < rule:
+                out.add(name)
+        elif index in rule:
+            out.add(name)
+    return out
+
+
+def write_drive_bag(path, frames: Iterable[dict], storage: str = "mcap", drops: Mapping | None = None,
+                    points: bool = True, drop_seed: int = 0) -> dict:
+    """Write frames from SceneGenerator.render_frame(i, all_events=True) (or any frames with the same keys) to a
+    new rosbag2 at `path`. `drops` maps modality names ('rgb', 'depth', 'event', 'lidar') to frame indices (or a
+    probability per frame) whose messages are left out. Returns the number of messages written per topic."""
+    if storage not in STORAGES:
+        raise ConfigError(f"storage must be one of {sorted(STORAGES)}, got {storage!r}")
+    for name in drops or {}:
+        if name not in LATENCY_S:
+            raise ConfigError(f"drops: unknown sensor {name!r}; known: {sorted(LATENCY_S)}")
+    path = Path(path)
+    if path.exists():
+        raise ConfigError(f"{path} exists already; rosbag2 writers never overwrite")
+    msgs = _Messages()
+    counts = {t: 0 for t, _ in TOPICS.values()}
+    rng = np.random.default_rng([drop_seed, 11])
+    # Write into a hidden sibling folder and rename when complete: readers never see half a bag, and the storage
+    # file inside keeps the bag's own name.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}-", dir=path.parent))
+    try:
+        with Writer(staging / path.name, version=Writer.VERSION_LATEST, storage_plugin=STORAGES[storage]) as writer:
+            conns = {key: writer.add_connection(t, msgtype, typestore=msgs.store)
+                     for key, (t, msgtype) in TOPICS.items() if points or key != "points"}
+            pending, metadata = [], None
+            for frame in frames:
+                meta = frame["meta"]
+                metadata = metadata or meta
+                records = _frame_records(frame, msgs, _dropped(drops, meta["index"], rng), points)
+                if records:  # everything logged before this frame's first record is final
+                    horizon = min(r[0] for r in records)
+                    while pending and pending[0][0] <= horizon:
+                        _write(writer, conns, counts, heapq.heappop(pending))
+                for r in records:
+                    heapq.heappush(pending, r)
+            while pending:
+                _write(writer, conns, counts, heapq.heappop(pending))
+            for key, value in _custom_data(metadata).items():
+                writer.set_custom_data(key, value)
+        os.replace(staging / path.name, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return counts
+
+
+def _write(writer, conns, counts, record):
+    log_ns, _, key, data = record
+    writer.write(conns[key], log_ns, data)
+    counts[TOPICS[key][0]] += 1
+
+
+def _frame_records(frame: dict, msgs: _Messages, dropped: set, points: bool):
+    """(log time ns, tie-break, topic key, CDR bytes) for every message of one camera frame."""
+    meta = frame["meta"]
+    stamps, ids = meta["stamps"], meta["frame_ids"]
+    out = []
+
+    def add(sensor, key, stamp, data):
+        out.append((stamp + int(LATENCY_S[sensor] * 1e9), len(out), key, data))
+
+    if "rgb" not in dropped:
+        rgb = frame["rgb"]
+        add("rgb", "rgb", stamps["rgb"], msgs.image(rgb, "rgb8", stamps["rgb"], ids["rgb"]))
+        add("rgb", "camera_info", stamps["rgb"],
+            msgs.camera_info(meta["intrinsics"], rgb.shape[1], rgb.shape[0], stamps["rgb"], ids["rgb"]))
+    add("rgb", "labels", stamps["labels"], msgs.image(frame["labels"], "mono8", stamps["labels"], ids["rgb"]))
+    if "depth" not in dropped:
+        add("depth", "depth", stamps["depth"], msgs.image(metres(frame["depth"]), "32FC1", stamps["depth"], ids["depth"]))
+    if "lidar" not in dropped:
+        add("lidar", "lidar", stamps["lidar"], msgs.image(metres(frame["lidar"]), "32FC1", stamps["lidar"], ids["lidar"]))
+        if points:
+            add("lidar", "points", stamps["lidar"], msgs.points(frame["lidar_points"], stamps["lidar"], ids["lidar_points"]))
+    if "event" not in dropped:
+        events = frame.get("events") or [(meta["time"], frame["event"])]
+        for stamp, (_, image) in zip(stamps["event"][-len(events):], events):
+            add("event", "event", stamp, msgs.image(image, "rgb8", stamp, ids["event"]))
+    return out
+
+
+def custom_data(path) -> dict:
+    """The `mmseg.*` metadata of a bag written here (condition, failure, extrinsic, ...), from metadata.yaml."""
+    import yaml
+
+    meta_file = Path(path, "metadata.yaml")
+    if not meta_file.is_file():
+        raise ConfigError(f"{path} is not a rosbag2 folder (no metadata.yaml)")
+    with open(meta_file) as f:
+        info = (yaml.safe_load(f) or {}).get("rosbag2_bagfile_information", {})
+    return dict(info.get("custom_data") or {})
+
+
+def _custom_data(meta: dict | None) -> dict:
+    if meta is None:
+        return {}
+    return {
+        "mmseg.generator": "mmseg_ros.data.synthetic",
+        "mmseg.condition": str(meta["condition"]),
+        "mmseg.failure": str(meta["failure"] or "none"),
+        "mmseg.seed": str(meta["seed"]),
+        "mmseg.class_set": "deliver",
+        "mmseg.camera_from_lidar": json.dumps(np.asarray(meta["camera_from_lidar"]).round(9).tolist()),
+        "mmseg.intrinsics": json.dumps(np.asarray(meta["intrinsics"]).round(9).tolist()),
+        "mmseg.frame_ids": json.dumps(meta["frame_ids"]),
+        "mmseg.event_count_scale": str(meta["event_count_scale"]),
+        "mmseg.topics": json.dumps({k: t for k, (t, _) in TOPICS.items()}),
+    }
