@@ -103,9 +103,13 @@ def subscribe(args) -> int:
     transport = _transport(args.no_profile)
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
-    from rclpy.qos import qos_profile_sensor_data
+    from rclpy.qos import QoSProfile, qos_profile_sensor_data
     from sensor_msgs.msg import Image
 
+    # Sensor-data QoS (best effort, volatile) with a history deep enough for a subscriber that the scheduler
+    # starves for a while on a shared machine: what is measured is the transport, not this process' turn on a core.
+    qos = QoSProfile(depth=max(args.depth, 1), history=qos_profile_sensor_data.history,
+                     reliability=qos_profile_sensor_data.reliability, durability=qos_profile_sensor_data.durability)
     # The callback only keeps the message: checking 1024x1024 pixels there would make the subscriber, not the
     # transport, drop frames on a busy 2-core machine. Everything is decoded and checked after "stop".
     arrived = {enc: [] for enc in TOPICS}
@@ -116,7 +120,7 @@ def subscribe(args) -> int:
     rclpy.init()
     node = rclpy.create_node("transport_check_subscriber")
     for enc, topic in TOPICS.items():
-        node.create_subscription(Image, topic, lambda m, e=enc: on_image(m, e), qos_profile_sensor_data)
+        node.create_subscription(Image, topic, lambda m, e=enc: on_image(m, e), qos)
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     spinner = threading.Thread(target=executor.spin, daemon=True)
@@ -159,6 +163,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-profile", action="store_true", help="Fast DDS defaults instead of the shipped profile")
     parser.add_argument("--match-timeout", type=float, default=10.0)
     parser.add_argument("--timeout", type=float, default=30.0, help="subscriber: give up waiting for 'stop'")
+    parser.add_argument("--depth", type=int, default=50, help="subscriber history depth (best effort keeps 5 by default)")
     args = parser.parse_args(argv)
     return publish(args) if args.role == "pub" else subscribe(args)
 
