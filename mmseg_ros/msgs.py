@@ -131,9 +131,9 @@ def _set_header(msg, header) -> None:
     types = _ros_types()
     if types and not isinstance(msg, _PLAIN_TYPES) and not isinstance(header, types[1]):
         # A real message needs a real std_msgs/Header: copy the stamp and frame of whatever the caller passed.
-        ros_header = types[1]()
-        ros_header.stamp.sec = int(_get(header.stamp, "sec", "Header.stamp"))
-        ros_header.stamp.nanosec = int(_get(header.stamp, "nanosec", "Header.stamp"))
+        ros_header, stamp = types[1](), _get(header, "stamp", "Header")
+        ros_header.stamp.sec = int(_get(stamp, "sec", "Header.stamp"))
+        ros_header.stamp.nanosec = int(_get(stamp, "nanosec", "Header.stamp"))
         ros_header.frame_id = str(_get(header, "frame_id", "Header"))
         header = ros_header
     msg.header = header
@@ -178,7 +178,8 @@ def _bytes_of(msg, kind: str) -> np.ndarray:
         pass
     if isinstance(data, (list, tuple)):  # hand-made messages
         values = np.asarray(data) if data else np.zeros(0, dtype=np.uint8)
-        if values.ndim == 1 and values.dtype.kind in "iu" and (not values.size or 0 <= values.min() <= values.max() < 256):
+        in_range = not values.size or 0 <= values.min() <= values.max() < 256
+        if values.ndim == 1 and values.dtype.kind in "iu" and in_range:
             return values.astype(np.uint8)
     raise MessageError(f"{kind}.data is not a byte buffer (got {type(data).__name__})")
 
@@ -323,7 +324,8 @@ def labels_to_image(labels, num_classes: int, header=None, *, ros: bool | None =
             raise MessageError(
                 f"labels hold {arr[bad][0]} which is outside [0, {num_classes}) and not the unlabeled value {unlabeled}"
             )
-    return numpy_to_image(arr.astype(np.uint8 if encoding == "mono8" else np.uint16), encoding, header, ros=ros)
+    wire_dtype = np.uint8 if encoding == "mono8" else np.uint16
+    return numpy_to_image(arr.astype(wire_dtype, copy=False), encoding, header, ros=ros)
 
 
 def confidence_to_image(confidence, header=None, *, ros: bool | None = None):
@@ -393,7 +395,8 @@ def pointcloud_to_numpy(msg) -> np.ndarray:
         return np.zeros(0, dtype=dtype.newbyteorder("="))
     if row_step < width * point_step:
         raise MessageError(
-            f"PointCloud2.row_step={row_step} is smaller than width*point_step={width}*{point_step}={width * point_step}"
+            f"PointCloud2.row_step={row_step} is smaller than width*point_step={width}*{point_step}="
+            f"{width * point_step}"
         )
     data = _bytes_of(msg, "PointCloud2")
     if data.size < height * row_step:
@@ -450,7 +453,8 @@ def numpy_to_pointcloud(points, header=None, *, height: int = 1, row_step: int |
         if base.itemsize > 1:
             orders.add(base.byteorder.replace("=", "<" if sys.byteorder == "little" else ">"))
         pf = _new("PointField", ros)
-        pf.name, pf.offset, pf.datatype, pf.count = name, int(offset), _DATATYPE_OF[code], int(np.prod(shape, dtype=int))
+        pf.name, pf.offset, pf.datatype = name, int(offset), _DATATYPE_OF[code]
+        pf.count = int(np.prod(shape, dtype=int))
         fields.append(pf)
     if len(orders) > 1:
         raise MessageError(f"fields mix byte orders {sorted(orders)}; PointCloud2 has one is_bigendian flag")
@@ -564,7 +568,9 @@ def numpy_to_camera_info(k, width: int, height: int, d=(), distortion_model: str
 def _extrinsic(matrix) -> np.ndarray:
     t = np.asarray(matrix, dtype=np.float64)
     if t.shape != (4, 4) or not np.isfinite(t).all() or not np.allclose(t[3], [0.0, 0.0, 0.0, 1.0]):
-        raise MessageError(f"extrinsic must be a finite 4x4 rigid transform with last row [0, 0, 0, 1], got {t.tolist()}")
+        raise MessageError(
+            f"extrinsic must be a finite 4x4 rigid transform with last row [0, 0, 0, 1], got {t.tolist()}"
+        )
     return t
 
 

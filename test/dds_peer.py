@@ -74,7 +74,9 @@ def publish(args) -> int:
     rclpy.init()
     node = rclpy.create_node("transport_check_publisher")
     try:
-        publishers = {enc: node.create_publisher(Image, topic, qos_profile_sensor_data) for enc, topic in TOPICS.items()}
+        publishers = {
+            enc: node.create_publisher(Image, topic, qos_profile_sensor_data) for enc, topic in TOPICS.items()
+        }
         deadline = time.monotonic() + args.match_timeout
         while min(p.get_subscription_count() for p in publishers.values()) < 1 and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -163,7 +165,8 @@ def main(argv=None) -> int:
     parser.add_argument("--no-profile", action="store_true", help="Fast DDS defaults instead of the shipped profile")
     parser.add_argument("--match-timeout", type=float, default=10.0)
     parser.add_argument("--timeout", type=float, default=30.0, help="subscriber: give up waiting for 'stop'")
-    parser.add_argument("--depth", type=int, default=50, help="subscriber history depth (best effort keeps 5 by default)")
+    parser.add_argument("--depth", type=int, default=50,
+                        help="subscriber history depth (sensor-data QoS keeps 5)")
     args = parser.parse_args(argv)
     return publish(args) if args.role == "pub" else subscribe(args)
 

@@ -44,7 +44,9 @@ def test_configure_transport_keeps_the_users_choice(user_value):
 def test_profile_is_a_default_participant_with_a_large_shm_segment_and_udp():
     ns = {"d": "http://www.eprosima.com"}
     root = ET.parse(dds.profile_path()).getroot()
-    descriptors = {d.findtext("d:transport_id", namespaces=ns): d for d in root.iterfind(".//d:transport_descriptor", ns)}
+    descriptors = {
+        d.findtext("d:transport_id", namespaces=ns): d for d in root.iterfind(".//d:transport_descriptor", ns)
+    }
     kinds = {tid: d.findtext("d:type", namespaces=ns) for tid, d in descriptors.items()}
     assert sorted(kinds.values()) == ["SHM", "UDPv4"]
     shm = next(d for d in descriptors.values() if d.findtext("d:type", namespaces=ns) == "SHM")

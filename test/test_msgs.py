@@ -230,7 +230,8 @@ def test_pointcloud_any_field_order_padding_and_byte_order(order, gaps, big_endi
                            "offsets": list(offsets.values()), "itemsize": point_step})
     values = np.zeros(height * width, dtype=wire_dtype)
     for name in offsets:
-        values[name] = rng.integers(-100, 100, size=values.size) if FIELD_TYPES[name] != "u2" else rng.integers(0, 999, values.size)
+        low = 0 if FIELD_TYPES[name].startswith("u") else -100
+        values[name] = rng.integers(low, 100, size=values.size)
     values["x"][0] = np.nan  # an invalid point, as drivers send with is_dense=False
     row_step = width * point_step + row_pad
     data = b"".join(values[r * width:(r + 1) * width].tobytes() + b"\xee" * row_pad for r in range(height))
@@ -285,7 +286,8 @@ def field(name, offset, datatype=7, count=1):
 
 
 @pytest.mark.parametrize("changes, match", [
-    ({"fields": [field("x", 0), field("y", 4), field("z", 10)]}, r"\('z'\) spans bytes \[10, 14\) beyond point_step=12"),
+    ({"fields": [field("x", 0), field("y", 4), field("z", 10)]},
+     r"\('z'\) spans bytes \[10, 14\) beyond point_step=12"),
     ({"fields": [field("x", 0), field("x", 4)]}, "name 'x' appears twice"),
     ({"fields": [field("x", 0, datatype=9)]}, r"\('x'\).datatype=9 is not a PointField type"),
     ({"fields": [field("x", 0, count=0)]}, r"count=0"),
@@ -320,7 +322,8 @@ K = [50.0, 0.0, 40.0, 0.0, 50.0, 20.0, 0.0, 0.0, 1.0]
 
 
 def camera(d=(), model="plumb_bob"):
-    return msgs.camera_from_info(msgs.numpy_to_camera_info(K, width=80, height=40, d=d, distortion_model=model, ros=False))
+    info = msgs.numpy_to_camera_info(K, width=80, height=40, d=d, distortion_model=model, ros=False)
+    return msgs.camera_from_info(info)
 
 
 def lidar_point(cam_xyz):
@@ -381,7 +384,8 @@ def test_pointcloud_to_range_image_skips_nan_points():
 def test_projection_of_many_points_matches_a_per_point_loop():
     rng = np.random.default_rng(0)
     cam_points = np.stack([rng.uniform(-3, 3, 3000), rng.uniform(-2, 2, 3000), rng.uniform(-1, 8, 3000)], axis=1)
-    image = msgs.project_points(np.array([lidar_point(p) for p in cam_points]), camera(), LIDAR_TO_CAMERA, value="depth")
+    lidar_points = np.array([lidar_point(p) for p in cam_points])
+    image = msgs.project_points(lidar_points, camera(), LIDAR_TO_CAMERA, value="depth")
     expected = np.zeros((40, 80), np.float32)
     for x, y, z in cam_points:
         if z <= 1e-3:

@@ -1,8 +1,9 @@
 """`mmseg bench codec`: Image decode/encode per encoding and PointCloud2 decode + projection, medians in ms.
 
 Decode is `image_to_numpy` (a view of msg.data when the byte order is native) and `image_for_model` (colour made
-RGB, still a view; the copy happens in preprocess' float conversion); encode is `numpy_to_image` into a real sensor_msgs/Image when sensor_msgs is importable (the node's path),
-else into the plain stand-in. The cloud is a synthetic 360-degree scan in front of a pinhole camera.
+RGB, still a view; the copy happens in preprocess' float conversion). Encode is `numpy_to_image` into a real
+sensor_msgs/Image when sensor_msgs is importable (the node's path), else into the plain stand-in. The cloud is a
+synthetic 360-degree scan around a pinhole camera.
 """
 from __future__ import annotations
 
