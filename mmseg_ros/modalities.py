@@ -28,6 +28,9 @@ class Modality:
     std: Tuple[float, float, float] = (1.0, 1.0, 1.0)
     # How raw physical values map to [0, 1] before normalisation (e.g. metres for depth); None for 8-bit images.
     value_range: Tuple[float, float] | None = None
+    # Sparse images (event counts, projected LiDAR) are resampled with nearest neighbour so isolated returns are
+    # neither smeared nor invented; metric modalities are always treated that way.
+    sparse: bool = False
     aliases: Tuple[str, ...] = field(default=())
 
 
@@ -44,11 +47,11 @@ REGISTRY: Dict[str, Modality] = {
         ),
         Modality(
             "event", "E", "event-camera frame (pos/neg counts)", "event/image", ("mono8", "rgb8", "8UC1", "8UC2", "8UC3", "16UC1"),
-            aliases=("events",),
+            sparse=True, aliases=("events",),
         ),
         Modality(
             "lidar", "L", "LiDAR range projected into the camera", "lidar/image", ("32FC1", "16UC1", "mono16", "mono8", "rgb8", "8UC3"),
-            value_range=(0.0, 80.0),
+            value_range=(0.0, 80.0), sparse=True,
         ),
         Modality("aolp", "A", "angle of linear polarisation", "aolp/image", ("rgb8", "8UC3", "mono8", "32FC1")),
         Modality("dolp", "Dp", "degree of linear polarisation", "dolp/image", ("rgb8", "8UC3", "mono8", "32FC1")),
