@@ -83,7 +83,7 @@ class SceneGenerator:
         (event_hz / camera_hz of them, oldest first), the last being `event`."""
         rates = self.cfg.rig.rates
         t = self.camera_time(index)
-        view = self._view(t, with_labels=True)
+        view = self._view(t)
         rgb = sensors.camera_image(view.radiance, self.cond, self.failure, self.cfg.failures,
                                    self._rng(index, _CAMERA), self.intrinsics, blur_scale=self.speed / 10.0)
         windows = int(round(rates.event_hz / rates.camera_hz))
@@ -103,7 +103,7 @@ class SceneGenerator:
 
     def render_depth(self, time: float) -> np.ndarray:
         """The exact depth image at any time (e.g. the LiDAR's), for checks."""
-        return self._view(time, with_labels=True).depth
+        return self._view(time).depth
 
     # -- internals --------------------------------------------------------------------------------------------
     def _rng(self, index: int, stream: int, sub: int = 0):
@@ -115,10 +115,10 @@ class SceneGenerator:
         return (self.street.solids_near(x - BEHIND_M, x + far, time), self.street.crossings_near(x - BEHIND_M, x + far),
                 self.street.lamps_near(x - BEHIND_M, x + 60.0))
 
-    def _view(self, time: float, with_labels: bool) -> View:
+    def _view(self, time: float) -> View:
         key = round(time, 6)
         cached = self._views.get(key)
-        if cached is not None and (cached.labels is not None or not with_labels):
+        if cached is not None:
             return cached
         ego = self.trajectory.pose(time)
         solids, crossings, lamps = self._gather(ego, time)
@@ -158,8 +158,8 @@ class SceneGenerator:
         period = 1.0 / self.cfg.rig.rates.event_hz
         end = self.camera_time(index) - back * period
         factor = int(self.cfg.failures.eventlowres.factor) if self.failure == "eventlowres" else 1
-        before = sensors.log_intensity(self._view(end - period, with_labels=False).radiance, ev.dark_level, factor)
-        after = sensors.log_intensity(self._view(end, with_labels=False).radiance, ev.dark_level, factor)
+        before = sensors.log_intensity(self._view(end - period).radiance, ev.dark_level, factor)
+        after = sensors.log_intensity(self._view(end).radiance, ev.dark_level, factor)
         rate = max(ev.noise_rate, self.cond.get("event_noise_rate", 0.0))
         return sensors.event_frame(before, after, ev, (self.size, self.size), self._rng(index, _EVENTS, back), rate)
 
@@ -201,6 +201,7 @@ class SceneGenerator:
             seed=self.seed, index=index, time=time, lidar_time=lidar_time, condition=self.condition,
             failure=self.failure, size=self.size, speed=self.speed,
             intrinsics=self.intrinsics.matrix(),
+            world_from_camera=self.trajectory.pose(time).compose(self.camera_mount).matrix(),
             camera_from_lidar=self.camera_from_lidar.matrix(),
             ego_from_camera=self.camera_mount.matrix(), ego_from_lidar=self.lidar_mount.matrix(),
             frame_ids=dict(rgb=rig.camera.frame_id, depth=rig.depth.frame_id, event=rig.event.frame_id,

@@ -112,8 +112,8 @@ def _headlights(p, n, ego_pose, cond):
         v = p - lamp
         dist = np.maximum(np.linalg.norm(v, axis=-1), 0.5)
         v = v / dist[:, None]
-        aim = v @ (forward - np.array([0.0, 0.0, 0.06]))
-        cone = np.clip((aim - 0.88) / 0.08, 0.0, 1.0) + 0.05 * np.clip(aim, 0.0, 1.0)
+        aim = v @ (forward - np.array([0.0, 0.0, 0.05]))
+        cone = np.clip((aim - 0.9) / 0.07, 0.0, 1.0) ** 2 + 0.005 * np.clip(aim, 0.0, 1.0)
         total += (cond.headlights * cone * np.clip(-(v * n).sum(-1), 0.0, None) / dist ** 2)[:, None]
     return total * HEADLIGHT_COLOR
 

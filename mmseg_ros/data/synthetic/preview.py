@@ -1,6 +1,9 @@
 """Contact sheets: RGB | depth | events | LiDAR | labels side by side, one row per frame, for people to look at."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import cv2
 import numpy as np
 
@@ -14,8 +17,8 @@ def metric_to_color(metres: np.ndarray, max_m: float, dilate: int = 0) -> np.nda
     """Metric image -> rgb8 (near = bright); no value (0, inf) = black. `dilate` grows sparse points."""
     valid = np.isfinite(metres) & (metres > 0)
     scaled = np.zeros(metres.shape, np.float32)
-    scaled[valid] = 1.0 - np.log1p(np.minimum(metres[valid], max_m)) / np.log1p(max_m)
-    color = cv2.applyColorMap((scaled * 255).astype(np.uint8), cv2.COLORMAP_INFERNO)[..., ::-1].copy()
+    scaled[valid] = 1.0 - np.log(np.clip(metres[valid], 1.0, max_m)) / np.log(max_m)
+    color = cv2.applyColorMap((scaled * 255).astype(np.uint8), cv2.COLORMAP_TURBO)[..., ::-1].copy()
     color[~valid] = 0
     if dilate > 0:
         kernel = np.ones((dilate, dilate), np.uint8)
@@ -51,3 +54,30 @@ def write_png(path, image_rgb: np.ndarray) -> None:
     with atomic_path(path, suffix=".png") as tmp:
         if not cv2.imwrite(str(tmp), np.ascontiguousarray(image_rgb[..., ::-1]), [cv2.IMWRITE_PNG_COMPRESSION, 9]):
             raise OSError(f"could not write {path}")
+        os.chmod(tmp, 0o644)  # a picture for people, not a private temp file
+
+
+def write_previews(path, conditions, seed: int = 0, size: int = 256, tile: int = 160, failures=(), frame: int = 10,
+                   scenes: int = 2):
+    """PATH: one row per condition (same street, same instant) at `tile` px; PATH_<condition>.png: `scenes`
+    streets under that condition at `size` px; PATH_failures.png: one row per failure (sun). Returns the paths."""
+    from .generator import SceneGenerator
+
+    path = Path(path)
+    stem, suffix = path.with_suffix(""), path.suffix or ".png"
+    written = []
+    combined = []
+    for condition in conditions:
+        rows = [frame_row(SceneGenerator(seed + s, size, condition).render_frame(frame)) for s in range(scenes)]
+        combined.append(rows[0])
+        out = Path(f"{stem}_{condition}{suffix}")
+        write_png(out, contact_sheet(rows, [f"{condition} seed {seed + s}" for s in range(scenes)]))
+        written.append(out)
+    write_png(path, contact_sheet(combined, list(conditions), tile))
+    written.insert(0, path)
+    if failures:
+        rows = [frame_row(SceneGenerator(seed, size, "sun", f).render_frame(frame)) for f in failures]
+        out = Path(f"{stem}_failures{suffix}")
+        write_png(out, contact_sheet(rows, list(failures), tile))
+        written.append(out)
+    return written

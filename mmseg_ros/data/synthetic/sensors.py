@@ -25,10 +25,15 @@ def camera_image(radiance, cond, failure, failures_cfg, rng, intrinsics: Intrins
                            intrinsics.cx, intrinsics.cy)
     sigma = cond.read_noise + 0.01 * np.sqrt(np.maximum(signal, 0.0))
     signal = signal + rng.standard_normal(signal.shape).astype(np.float32) * sigma
-    display = np.power(1.0 - np.exp(-np.maximum(signal, 0.0)), 1 / 2.2)
+    display = np.power(tone_curve(np.maximum(signal, 0.0)), 1 / 2.2)
     if cond.get("streaks_per_mpx", 0) > 0:
         display = rain_streaks(display, rng, cond.streaks_per_mpx)
     return np.clip(np.round(display * 255.0), 0, 255).astype(np.uint8)
+
+
+def tone_curve(x, white: float = 2.5):
+    """Extended Reinhard: soft shoulder, hard saturation at `white` (what over-exposure runs into)."""
+    return np.minimum(x * (1.0 + x / (white * white)) / (1.0 + x), 1.0)
 
 
 def zoom_blur(image, samples: int, zoom: float, cx: float, cy: float):
