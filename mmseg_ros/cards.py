@@ -29,7 +29,7 @@ TRAINABLE_SETTINGS = ("paper", "from_scratch")
 INPUT_MULTIPLE = 32  # Hiera downsamples by 32 in total
 TOP_LEVEL_KEYS = (
     "name", "architecture", "sam2", "modalities", "classes", "input_size", "normalization", "lora",
-    *ARCHITECTURES, "loss", "trainable", "checkpoint", "description",
+    *ARCHITECTURES, "loss", "trainable", "checkpoint", "description", "reference",
 )
 SAM2_KEYS = ("config", "overrides", "checkpoint")
 LORA_KEYS = ("rank", "alpha", "dropout")
@@ -54,6 +54,8 @@ class ModelCard:
     checkpoint: Optional[Path]
     path: Optional[Path] = None
     description: str = ""
+    # Published figures to compare with (free-form), e.g. {trainable_params_m: 20.79, source: "..."}; used by `mmseg info`.
+    reference: Mapping[str, Any] = field(default_factory=dict)
     _normalization: Mapping[str, Tuple[Tuple[float, ...], Tuple[float, ...]]] = field(default_factory=dict, repr=False)
 
     @property
@@ -97,6 +99,7 @@ class ModelCard:
             "loss": _plain(self.loss),
             "trainable": self.trainable,
             "checkpoint": None if self.checkpoint is None else str(self.checkpoint),
+            "reference": _plain(self.reference),
         }
 
 
@@ -180,6 +183,7 @@ def from_dict(data, source: str = "<card>", base_dir=None, path=None) -> ModelCa
         raise ConfigError(f"{where}: 'trainable' must be one of {list(TRAINABLE_SETTINGS)}, got {trainable!r}")
 
     description = data.get("description") or ""
+    reference = _mapping(data.get("reference") or {}, "reference", where)
     return ModelCard(
         name=name.strip(),
         architecture=architecture,
@@ -198,6 +202,7 @@ def from_dict(data, source: str = "<card>", base_dir=None, path=None) -> ModelCa
         checkpoint=_file(data.get("checkpoint"), base, "checkpoint", where),
         path=None if path is None else Path(path),
         description=str(description),
+        reference=_frozen(reference),
         _normalization=MappingProxyType(normalization),
     )
 

@@ -267,3 +267,20 @@ def test_ohem_edge_cases():
         ohem_cross_entropy(logits, torch.full((1, 4, 4), 7))
     with pytest.raises(DataError, match="agree"):
         ohem_cross_entropy(logits, torch.zeros(1, 5, 4, dtype=torch.long))
+
+
+def test_mmseg_info_counts_components(capsys):
+    from mmseg_ros import cli
+
+    assert cli.main(["info", CARD]) == 0
+    text = capsys.readouterr().out
+    model = build_model(CARD)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert f"trainable: {trainable:,} parameters" in text
+    for component in ("trunk", "lora", "fpn_neck", "fusion_router", "decoder_transformer", "decoder", "aux_head"):
+        assert f"| {component} |" in text
+    lora = sum(p.numel() for n, p in model.named_parameters() if is_lora_name(n))
+    assert f"LoRA: 4 adapter(s) of {lora // 4:,} parameters each" in text
+    assert cli.main(["info", CARD, "--trainable", "from_scratch"]) == 0
+    scratch = capsys.readouterr().out
+    assert f"trainable: {sum(p.numel() for p in model.parameters()):,} parameters" in scratch

@@ -1,0 +1,112 @@
+"""`mmseg bench model`: forward time per number of present modalities, and batched vs looped LoRA experts.
+
+For each card and input size: the model's forward (batch 1 by default, inference mode) with the first n of the card's
+modalities present, n = 1..M (medians over --repeat runs after --warmup). For cards whose model has per-modality
+experts (MLE-SAM), the trunk + neck with all M modalities is timed both ways in the same run, alternating: one
+batched pass (each sample with its own expert) and a Python loop of M passes; the ratio is looped / batched.
+
+Defaults stay small because this usually runs on a shared 2-core CPU: tiny + Hiera-T cards of both architectures
+(MemorySAM where `build_model` can build it), 256 and 512 px, 3 repeats. Use --repeat, --sizes, --cards, --batch,
+--device for more.
+"""
+from __future__ import annotations
+
+import os
+
+DEFAULT_CARDS = ["test_tiny_mle_sam", "test_tiny_memory_sam", "mle_sam_hiera_t", "memory_sam_hiera_t"]
+
+
+def configure(parser) -> None:
+    parser.add_argument("--cards", nargs="+", default=DEFAULT_CARDS, help="model cards (names or paths)")
+    parser.add_argument("--sizes", nargs="+", type=int, default=[256, 512], help="square input sizes (multiples of 32)")
+    parser.add_argument("--repeat", type=int, default=3, help="timed runs per cell (median reported)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs per cell")
+    parser.add_argument("--batch", type=int, default=1, help="samples per forward")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--no-loop", action="store_true", help="skip the batched-vs-looped experts comparison")
+
+
+def main(args) -> int:
+    # Busy-waiting OpenMP threads on an oversubscribed machine slow small ops down by 10-60x; passive waiting does not
+    # cost anything measurable when the cores are free. Only effective if torch is not imported yet.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    import torch
+
+    from .. import cards, modalities
+    from ..engine import resolve_device
+    from ..errors import MMSegError
+    from ..nn.build import build_model
+    from .timing import markdown_table, median_ms, time_call
+
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    forward_rows, loop_rows, skipped = [], [], []
+    for ref in args.cards:
+        base = cards.load(ref)
+        for size in args.sizes:
+            try:
+                card = cards.derive(base, input_size=[size, size], sam2={"checkpoint": None})
+                torch.manual_seed(0)
+                model = build_model(card).to(device).eval()
+            except (MMSegError, ModuleNotFoundError) as exc:  # e.g. an architecture whose module is not there yet
+                skipped.append(f"{base.name} @ {size}: {exc}")
+                continue
+            images = {m: torch.randn(args.batch, 3, size, size, device=device) for m in card.modalities}
+            for n in range(1, len(card.modalities) + 1):
+                subset = {m: images[m] for m in card.modalities[:n]}
+
+                def forward(subset=subset):
+                    with torch.inference_mode():
+                        model(subset)
+                    sync()
+
+                ms = median_ms(time_call(forward, repeat=args.repeat, warmup=args.warmup))
+                code = modalities.short_code(subset)
+                forward_rows.append((card.name, size, n, code, ms, ms / n))
+            experts = getattr(getattr(model, "backbone", None), "experts", None)
+            if not args.no_loop and experts is not None and experts.num_experts > 1:
+                batched, looped = _batched_vs_looped(model, images, args, sync, torch)
+                loop_rows.append((card.name, size, len(images), batched, looped, looped / batched))
+            del model
+
+    print(f"## Forward time per number of present modalities ({device}, batch {args.batch}, {args.threads} threads, "
+          f"median of {args.repeat})\n")
+    print(markdown_table(["card", "size", "present", "modalities", "forward ms", "ms per modality"], forward_rows))
+    if loop_rows:
+        print("\n## LoRA experts: one batched trunk pass vs a loop over modalities (encoder only, same run)\n")
+        print(markdown_table(["card", "size", "modalities", "batched ms", "looped ms", "looped / batched"], loop_rows))
+    for line in skipped:
+        print(f"\nskipped {line}")
+    return 0
+
+
+def _batched_vs_looped(model, images, args, sync, torch):
+    """Median ms of the encoder with all modalities: one batched pass vs one pass per modality, interleaved."""
+    names = list(images)
+    ids = model.expert_ids(names)
+    batch = args.batch
+    stacked = torch.cat([images[m] for m in names])
+    index = torch.tensor(ids, device=stacked.device).repeat_interleave(batch)
+
+    def batched():
+        with torch.inference_mode():
+            model.backbone(stacked, index)
+        sync()
+
+    def looped():
+        with torch.inference_mode():
+            for name, expert in zip(names, ids):
+                model.backbone(images[name], torch.full((batch,), expert, device=stacked.device))
+        sync()
+
+    from .timing import median_ms, time_call
+
+    times = {"batched": [], "looped": []}
+    for fn in (batched, looped):
+        fn()  # warm up both before timing either
+    for _ in range(args.repeat):  # alternate so both see the same machine load
+        times["batched"] += time_call(batched, repeat=1, warmup=0)
+        times["looped"] += time_call(looped, repeat=1, warmup=0)
+    return median_ms(times["batched"]), median_ms(times["looped"])

@@ -1,0 +1,176 @@
+"""Segmenter: model card (+ checkpoint) -> preprocess -> forward -> labels + confidence. No ROS here.
+
+    seg = Segmenter("mle_sam_hiera_t", checkpoint=None, device="auto", precision="fp32")
+    result = seg.segment({"rgb": rgb_uint8_hw3, "depth": depth_metres_float32})
+
+Inputs are raw sensor arrays for any non-empty subset of the card's modalities, of any size, (H, W) or (H, W, C),
+uint8 / uint16 / float32 as the codecs deliver them; depth and LiDAR are metres (float32; 0, NaN or inf = no
+return) or millimetres (uint16). Preprocessing happens here and only here: `preprocess.to_unit` (registry value
+ranges, 1 -> 3 channels), a resize to the card's input size (nearest for metric modalities, so "no return" pixels
+are not blended into valid ones; bilinear otherwise), and the card's per-modality normalisation. Postprocessing:
+bilinear upsampling of the logits to the output size (default: the size of the first given modality in card order),
+softmax, argmax.
+
+Result: `labels` (uint8, or uint16 when K > 255), `confidence` (float32 max softmax probability), `router_weights`
+(level -> modality -> weight, for models that have a router), `timing` (ms per stage), `modalities` used.
+Runs on CPU or CUDA; fp16/bf16 use autocast on CUDA only (on CPU they fall back to fp32 with a warning).
+"""
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Dict, Mapping, Optional, Tuple
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import cards, modalities, preprocess
+from .errors import ConfigError
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+MAX_UINT8_CLASSES = 255  # ids 0..254 in uint8; 255 stays "unlabeled" for consumers
+
+
+@dataclass
+class SegmentationResult:
+    labels: np.ndarray
+    confidence: np.ndarray
+    modalities: Tuple[str, ...]
+    router_weights: Optional[Dict[str, Dict[str, float]]] = None
+    timing: Dict[str, float] = field(default_factory=dict)  # milliseconds: preprocess, forward, postprocess, total
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """'auto' -> CUDA when available, else CPU; 'cuda[:N]' must be available."""
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} requested but CUDA is not available (use 'auto' or 'cpu')")
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
+    return dev
+
+
+class Segmenter:
+    def __init__(self, card, checkpoint=None, device: str = "auto", precision: str = "fp32"):
+        from .nn.build import as_card, load_model
+
+        if precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+        self.card: cards.ModelCard = as_card(card)
+        self.device = resolve_device(device)
+        if precision != "fp32" and self.device.type != "cuda":
+            warnings.warn(f"precision {precision!r} uses autocast on CUDA only; running fp32 on {self.device}")
+            precision = "fp32"
+        self.precision = precision
+        if checkpoint is None and self.card.checkpoint is None:
+            warnings.warn(f"card {self.card.name!r} has no checkpoint: the model's trained parts are randomly initialised")
+        self.model = load_model(self.card, checkpoint).to(self.device).eval()
+        self._norms = {m: self.card.normalization(m) for m in self.card.modalities}
+
+    @property
+    def modalities(self) -> Tuple[str, ...]:
+        return self.card.modalities
+
+    @property
+    def class_names(self) -> Tuple[str, ...]:
+        return self.card.class_names
+
+    @property
+    def num_classes(self) -> int:
+        return self.card.num_classes
+
+    def segment(self, images: Mapping[str, np.ndarray], output_size: Optional[Tuple[int, int]] = None) -> SegmentationResult:
+        """Segment one set of sensor images (entries that are None count as absent)."""
+        start = time.perf_counter()
+        names, inputs, size = self.preprocess(images, output_size)
+        self._sync()
+        t_pre = time.perf_counter()
+        with torch.inference_mode(), self._autocast():
+            out = self.model(inputs)
+        self._sync()
+        t_fwd = time.perf_counter()
+        labels, confidence = self.postprocess(out["logits"], size)
+        router = _router_weights(out, names)
+        t_post = time.perf_counter()
+        timing = {
+            "preprocess": 1e3 * (t_pre - start),
+            "forward": 1e3 * (t_fwd - t_pre),
+            "postprocess": 1e3 * (t_post - t_fwd),
+            "total": 1e3 * (t_post - start),
+        }
+        return SegmentationResult(labels, confidence, tuple(names), router, timing)
+
+    # -- stages -----------------------------------------------------------------------------------------------------
+
+    def preprocess(self, images: Mapping[str, np.ndarray], output_size=None):
+        """Raw arrays -> (names in card order, {name: (1, 3, h, w) tensor on the device}, output size (H, W))."""
+        if not isinstance(images, Mapping):
+            raise ConfigError(f"images must be a mapping modality -> array, got {type(images).__name__}")
+        given = {}
+        for key, image in images.items():
+            if image is None:
+                continue
+            try:
+                name = modalities.get(key).name
+            except ConfigError:
+                raise ConfigError(f"unknown modality {key!r}; model {self.card.name!r} takes {list(self.modalities)}") from None
+            if name not in self.modalities:
+                raise ConfigError(f"modality {key!r} is not one of model {self.card.name!r}'s {list(self.modalities)}")
+            if name in given:
+                raise ConfigError(f"modality {name!r} given twice")
+            given[name] = image
+        if not given:
+            raise ConfigError(f"no image given; model {self.card.name!r} takes any non-empty subset of {list(self.modalities)}")
+        names = [m for m in self.modalities if m in given]
+        if output_size is None:
+            output_size = np.shape(given[names[0]])[:2]
+        output_size = tuple(int(v) for v in output_size)
+        if len(output_size) != 2 or min(output_size) < 1:
+            raise ConfigError(f"output_size must be (H, W) > 0, got {output_size}")
+        height, width = self.card.input_size
+        inputs = {}
+        for name in names:
+            unit = preprocess.to_unit(name, given[name])
+            if unit.shape[:2] != (height, width):
+                interpolation = cv2.INTER_NEAREST if modalities.get(name).value_range is not None else cv2.INTER_LINEAR
+                unit = cv2.resize(unit, (width, height), interpolation=interpolation)
+            mean, std = self._norms[name]
+            chw = preprocess.normalize_chw(np.ascontiguousarray(unit.transpose(2, 0, 1)), mean, std)
+            inputs[name] = torch.from_numpy(np.ascontiguousarray(chw, dtype=np.float32))[None].to(self.device)
+        return names, inputs, output_size
+
+    def postprocess(self, logits: torch.Tensor, size: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:
+        """(1, K, h, w) logits -> labels (H, W) uint8/uint16 and confidence (H, W) float32 at `size`."""
+        logits = logits.float()
+        if tuple(logits.shape[-2:]) != tuple(size):
+            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        confidence, labels = torch.softmax(logits, dim=1).max(dim=1)
+        dtype = np.uint8 if self.num_classes <= MAX_UINT8_CLASSES else np.uint16
+        return labels[0].to("cpu").numpy().astype(dtype), confidence[0].to("cpu").numpy().astype(np.float32, copy=False)
+
+    # -- helpers ----------------------------------------------------------------------------------------------------
+
+    def _autocast(self):
+        if self.device.type == "cuda" and self.precision != "fp32":
+            return torch.autocast("cuda", dtype=PRECISIONS[self.precision])
+        return torch.autocast(self.device.type, enabled=False)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+def _router_weights(out, names) -> Optional[Dict[str, Dict[str, float]]]:
+    weights = out.get("router_weights") if isinstance(out, dict) else None
+    if not weights:
+        return None
+    order = out.get("modalities", tuple(names))
+    return {level: {m: float(w) for m, w in zip(order, tensor[0].float().cpu().tolist())} for level, tensor in weights.items()}

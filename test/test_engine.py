@@ -1,0 +1,167 @@
+"""Segmenter: raw sensor arrays of any size and subset -> labels/confidence at the input size; clear errors."""
+import itertools
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmseg_ros import cards
+from mmseg_ros.engine import Segmenter, resolve_device
+from mmseg_ros.errors import ConfigError
+from mmseg_ros.nn.build import build_model
+from mmseg_ros.nn.checkpoint import save_checkpoint
+
+CARD = "test_tiny_mle_sam"
+MODS = ("rgb", "depth", "event", "lidar")
+
+
+def raw_images(height=37, width=53, seed=0):
+    """What the codecs deliver: rgb8, depth metres with holes, 2-channel event counts, LiDAR millimetres."""
+    rng = np.random.default_rng(seed)
+    depth = rng.uniform(0.5, 60.0, (height, width)).astype(np.float32)
+    depth[0, :5] = np.nan
+    depth[1, :5] = np.inf
+    depth[2, :5] = 0.0
+    lidar = np.zeros((height, width), np.uint16)
+    lidar[::4] = rng.integers(1000, 65000, (len(range(0, height, 4)), width), dtype=np.uint16)
+    return {
+        "rgb": rng.integers(0, 256, (height, width, 3), dtype=np.uint8),
+        "depth": depth,
+        "event": rng.integers(0, 4, (height, width, 2), dtype=np.uint8),
+        "lidar": lidar,
+    }
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny model with non-trivial trained parts, saved as a project checkpoint."""
+    torch.manual_seed(0)
+    model = build_model(CARD)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.2 * torch.randn(p.shape, generator=gen))
+    path = save_checkpoint(model, tmp_path_factory.mktemp("engine") / "tiny.pt")
+    return model.eval(), path
+
+
+@pytest.fixture(scope="module")
+def segmenter(trained):
+    return Segmenter(CARD, checkpoint=trained[1], device="cpu")
+
+
+def test_odd_sizes_every_subset(segmenter):
+    raw = raw_images()
+    for subset in (s for r in range(1, 5) for s in itertools.combinations(MODS, r)):
+        result = segmenter.segment({m: raw[m] for m in subset})
+        assert result.labels.shape == result.confidence.shape == (37, 53)
+        assert result.labels.dtype == np.uint8 and result.confidence.dtype == np.float32
+        assert result.labels.max() < 25
+        assert (result.confidence >= 1 / 25 - 1e-6).all() and (result.confidence <= 1 + 1e-6).all()
+        assert result.modalities == subset
+        for level, weights in result.router_weights.items():
+            assert list(weights) == list(subset)
+            assert sum(weights.values()) == pytest.approx(1.0, abs=1e-5)
+        assert set(result.timing) == {"preprocess", "forward", "postprocess", "total"}
+        assert all(v >= 0 for v in result.timing.values())
+
+
+def test_engine_matches_the_model_on_the_same_inputs(segmenter, trained):
+    model, _ = trained
+    raw = raw_images(70, 45, seed=3)
+    names, inputs, size = segmenter.preprocess({"rgb": raw["rgb"], "lidar": raw["lidar"]})
+    assert names == ["rgb", "lidar"] and size == (70, 45)
+    assert all(t.shape == (1, 3, 64, 64) for t in inputs.values())
+    with torch.no_grad():
+        logits = F.interpolate(model(inputs)["logits"], size=size, mode="bilinear", align_corners=False)
+    probs = torch.softmax(logits, 1)[0]
+    result = segmenter.segment({"lidar": raw["lidar"], "rgb": raw["rgb"]})
+    np.testing.assert_array_equal(result.labels, probs.argmax(0).numpy())
+    np.testing.assert_allclose(result.confidence, probs.max(0).values.numpy(), rtol=1e-5, atol=1e-6)
+    # at the card's size nothing is resized: rgb is /255 then ImageNet mean/std (registry default via the card)
+    rgb = raw_images(64, 64, seed=7)["rgb"]
+    _, inputs, _ = segmenter.preprocess({"rgb": rgb})
+    mean, std = cards.load(CARD).normalization("rgb")
+    unit = torch.from_numpy(rgb.astype(np.float32) / 255).permute(2, 0, 1)
+    expected = (unit - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+    torch.testing.assert_close(inputs["rgb"][0], expected)
+
+
+def test_metric_inputs_in_metres_or_millimetres_agree(segmenter):
+    raw = raw_images(64, 64, seed=4)
+    metres = raw["lidar"].astype(np.float32) / 1000.0
+    metres[raw["lidar"] == 0] = np.nan  # "no return" in either encoding
+    a = segmenter.segment({"lidar": raw["lidar"]})
+    b = segmenter.segment({"lidar": metres})
+    np.testing.assert_array_equal(a.labels, b.labels)
+    np.testing.assert_allclose(a.confidence, b.confidence, rtol=1e-5)
+
+
+def test_output_size_and_single_channel_inputs(segmenter):
+    gray = np.random.default_rng(5).integers(0, 256, (48, 80), dtype=np.uint8)
+    result = segmenter.segment({"rgb": gray, "event": None}, output_size=(20, 30))
+    assert result.labels.shape == (20, 30) and result.modalities == ("rgb",)
+
+
+def test_errors_are_clear(segmenter):
+    raw = raw_images()
+    with pytest.raises(ConfigError, match="unknown modality 'radar'"):
+        segmenter.segment({"rgb": raw["rgb"], "radar": raw["depth"]})
+    with pytest.raises(ConfigError, match="'aolp' is not one of"):
+        segmenter.segment({"aolp": raw["rgb"]})
+    with pytest.raises(ConfigError, match="no image given"):
+        segmenter.segment({})
+    with pytest.raises(ConfigError, match="no image given"):
+        segmenter.segment({"rgb": None})
+    with pytest.raises(ConfigError, match="rgb"):
+        segmenter.segment({"rgb": np.zeros((2, 3, 4, 5), np.uint8)})
+    with pytest.raises(ConfigError, match="given twice"):
+        segmenter.segment({"rgb": raw["rgb"], "camera": raw["rgb"]})
+
+
+def test_construction_errors_and_fallbacks(trained):
+    with pytest.raises(ConfigError, match="precision"):
+        Segmenter(CARD, checkpoint=trained[1], device="cpu", precision="int8")
+    with pytest.raises(ConfigError, match="device"):
+        Segmenter(CARD, checkpoint=trained[1], device="tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            resolve_device("cuda")
+        assert resolve_device("auto").type == "cpu"
+        with pytest.warns(UserWarning, match="fp32"):
+            seg = Segmenter(CARD, checkpoint=trained[1], device="auto", precision="bf16")
+        assert seg.precision == "fp32"
+    with pytest.warns(UserWarning, match="randomly initialised"):
+        Segmenter(CARD, device="cpu")
+
+
+def test_more_than_255_classes_give_uint16_labels():
+    many = {"name": "many", "classes": [{"name": f"c{i}", "color": [i % 256, 0, 0]} for i in range(300)]}
+    card = cards.derive(cards.load(CARD), classes=many)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        seg = Segmenter(card, device="cpu")
+    result = seg.segment({"rgb": raw_images()["rgb"]})
+    assert result.labels.dtype == np.uint16 and result.labels.shape == (37, 53)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
+def test_cuda_matches_cpu(trained, segmenter, precision):
+    gpu = Segmenter(CARD, checkpoint=trained[1], device="cuda", precision=precision)
+    raw = raw_images(96, 80, seed=6)
+    a, b = segmenter.segment(raw), gpu.segment(raw)
+    agreement = (a.labels == b.labels).mean()
+    assert agreement > (0.999 if precision == "fp32" else 0.9)
+    assert np.abs(a.confidence - b.confidence).max() < (1e-3 if precision == "fp32" else 0.05)
+
+
+def test_core_never_imports_rclpy():
+    code = ("import sys, mmseg_ros.engine, mmseg_ros.nn.build, mmseg_ros.nn.mle_sam, mmseg_ros.nn.checkpoint, "
+            "mmseg_ros.nn.info, mmseg_ros.bench.model; assert 'rclpy' not in sys.modules, 'rclpy imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
