@@ -1,0 +1,432 @@
+"""`mmseg sensors`: publish a synthetic drive live over DDS on the node's input topics, at the sensors' own rates.
+
+For demos, for the node's end-to-end tests, and for users checking their wiring. The drive comes from the scene
+generator (mmseg_ros.data.synthetic); its rig settings give the rates, the LiDAR's offset after the camera and the
+stamp jitter, and the rosbag2 writer's table gives the topics and each sensor's transport latency, so a live run and
+a recorded bag carry the same messages. `--frames N` frames are rendered before publishing starts and then looped,
+so the publish loop only stamps and publishes pre-built messages.
+
+Topics (relative, so `--ros-args -r __ns:=/car` and remaps apply) and encodings:
+
+    rgb/image          sensor_msgs/Image rgb8            camera rate (10 Hz)
+    depth/image        sensor_msgs/Image 32FC1 metres    with the camera; 0 = no value
+    event/image        sensor_msgs/Image rgb8            event rate (20 Hz); ch 0 positive, ch 1 negative counts
+    lidar/image        sensor_msgs/Image 32FC1 metres    LiDAR rate (10 Hz, 25 ms after the camera); 0 = no return
+    lidar/points       sensor_msgs/PointCloud2           --points: x, y, z, intensity float32, scanner frame
+    rgb/camera_info    sensor_msgs/CameraInfo            --points: with every rgb image
+    gt/labels          sensor_msgs/Image mono8           --gt: DELIVER train ids, 255 = ignore
+
+Timing: every message has a scheduled time in seconds since the start of publishing (its "stamp time", the
+generator's nominal time + jitter); it is published at stamp time + the sensor's latency, on a monotonic schedule
+(no drift), and its header stamp is the node clock at start + stamp time. The start stamp (`t0`) is printed.
+
+Drop windows `--drop SENSOR@A-B` (repeatable; `B` may be left out for "until the end"; SENSOR is rgb, depth, event,
+lidar or `all`): messages whose stamp time lies in [A, B) are not published. Dropping rgb also drops its
+camera_info, dropping lidar also drops lidar/points; gt/labels is never dropped.
+
+Bad messages `--bad SENSOR:KIND@T` (repeatable): the first image of SENSOR whose stamp time is >= T (and that is not
+dropped) is replaced by one bad message; the rest of the stream is unchanged. Kinds (BAD_KINDS):
+
+    encoding   the same pixels, encoding set to BAD_ENCODING (no codec knows it)
+    truncated  `data` cut to half its bytes; height, width, step unchanged
+    size       a valid image of half the height and width (every other pixel)
+    nan        depth/lidar only: every pixel NaN (32FC1)
+    stamp      the same image, header stamp 1 s before the previous stamp published on that topic
+
+Each injection prints a line `bad SENSOR:KIND t=... stamp=SEC.NSEC`. Exit code 0 after `--duration` seconds or on
+SIGINT/SIGTERM.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import signal
+import sys
+import threading
+import time
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from . import modalities
+from .errors import ConfigError
+
+ALL = "all"
+BAD_ENCODING = "mmseg_unknown"
+BAD_KINDS = ("encoding", "truncated", "size", "nan", "stamp")
+QOS_CHOICES = ("sensor_data", "reliable")
+QUEUE_DEPTH = 5
+# Sensor image encodings on the wire, as the rosbag2 writer stores them (mmseg_ros.data.synthetic.bag).
+ENCODINGS = {"rgb": "rgb8", "depth": "32FC1", "event": "rgb8", "lidar": "32FC1", "labels": "mono8"}
+METRIC = ("depth", "lidar")  # float metres; `nan` applies to these
+STATUS_PERIOD_S = 1.0
+STAMP_BACKWARDS_NS = 1_000_000_000
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Command-line rules (pure; unit-tested without ROS).
+
+
+def _sensors() -> tuple:
+    from .data.synthetic import bag
+
+    return tuple(bag.LATENCY_S)
+
+
+def _sensor_name(text: str, what: str, allow_all: bool) -> str:
+    if allow_all and text == ALL:
+        return ALL
+    try:
+        name = modalities.get(text).name
+    except ConfigError:
+        name = None
+    if name not in _sensors():
+        known = (*_sensors(), ALL) if allow_all else _sensors()
+        raise ConfigError(f"{what}: unknown sensor {text!r}; known: {', '.join(known)}")
+    return name
+
+
+@dataclasses.dataclass(frozen=True)
+class DropWindow:
+    """Messages of `sensor` (or every sensor) with stamp time in [start, end) are not published."""
+
+    sensor: str
+    start: float
+    end: float = math.inf
+
+    def covers(self, sensor: str, t: float) -> bool:
+        return (self.sensor in (ALL, sensor)) and self.start <= t < self.end
+
+    def __str__(self):
+        return f"{self.sensor}@{self.start:g}-{'' if math.isinf(self.end) else f'{self.end:g}'}"
+
+
+@dataclasses.dataclass(frozen=True)
+class BadMessage:
+    """Replace the first image of `sensor` with stamp time >= `at` by a bad message of `kind`."""
+
+    sensor: str
+    kind: str
+    at: float
+
+    def __str__(self):
+        return f"{self.sensor}:{self.kind}@{self.at:g}"
+
+
+_NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"
+_DROP = re.compile(rf"([A-Za-z_]+)@{_NUMBER}-{_NUMBER}?")
+_BAD = re.compile(rf"([A-Za-z_]+):([a-z]+)@{_NUMBER}")
+
+
+def parse_drop(text: str) -> DropWindow:
+    match = _DROP.fullmatch(text.strip())
+    if not match:
+        raise ConfigError(f"--drop {text!r}: expected SENSOR@START-END or SENSOR@START- (seconds), e.g. depth@5-10")
+    sensor = _sensor_name(match.group(1), f"--drop {text!r}", allow_all=True)
+    start = float(match.group(2))
+    end = float(match.group(3)) if match.group(3) else math.inf
+    if end <= start:
+        raise ConfigError(f"--drop {text!r}: the end ({end:g} s) must come after the start ({start:g} s)")
+    return DropWindow(sensor, start, end)
+
+
+def parse_bad(text: str) -> BadMessage:
+    match = _BAD.fullmatch(text.strip())
+    if not match:
+        raise ConfigError(f"--bad {text!r}: expected SENSOR:KIND@SECONDS, e.g. depth:nan@3; kinds: {', '.join(BAD_KINDS)}")
+    sensor = _sensor_name(match.group(1), f"--bad {text!r}", allow_all=False)
+    kind = match.group(2)
+    if kind not in BAD_KINDS:
+        raise ConfigError(f"--bad {text!r}: unknown kind {kind!r}; kinds: {', '.join(BAD_KINDS)}")
+    if kind == "nan" and sensor not in METRIC:
+        raise ConfigError(f"--bad {text!r}: kind 'nan' needs a float image sensor ({', '.join(METRIC)}), not {sensor!r}")
+    return BadMessage(sensor, kind, float(match.group(3)))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The schedule of one pass over the pre-rendered frames.
+
+
+@dataclasses.dataclass
+class Slot:
+    """One message of the loop: when it is stamped and published, on which topic, and the prebuilt message."""
+
+    stamp_s: float  # stamp time within one pass (seconds after the pass starts)
+    publish_s: float  # stamp time + the sensor's transport latency
+    sensor: str  # drop group (rgb, depth, event, lidar) or "" for ground truth, which is never dropped
+    key: str  # topic key of the bag writer's TOPICS table
+    message: object
+    source: Optional[np.ndarray] = None  # the image array, for building a bad variant
+
+
+def topics() -> Dict[str, str]:
+    """Topic key -> relative topic name (the bag writer's absolute names without the leading slash)."""
+    from .data.synthetic import bag
+
+    return {key: name.lstrip("/") for key, (name, _) in bag.TOPICS.items()}
+
+
+def build_schedule(frames: Sequence[dict], rate_scale: float, points: bool, gt: bool, ros: bool | None = None):
+    """(slots sorted by publish time, loop period s, the LiDAR->camera extrinsic) for frames rendered with
+    `render_frame(i, all_events=True)`; indices must be consecutive so the loop keeps the sensors' cadence."""
+    from . import msgs
+    from .data.synthetic import bag
+    from .data.synthetic.encode import metres
+
+    if not frames:
+        raise ConfigError("at least one frame is needed")
+    stamps = [f["meta"]["stamps"] for f in frames]
+    base_ns = min(min(s["event"] + [s["rgb"], s["depth"], s["lidar"]]) for s in stamps)
+    camera_period = frames[1]["meta"]["time"] - frames[0]["meta"]["time"] if len(frames) > 1 else None
+    slots: List[Slot] = []
+
+    def add(sensor: str, key: str, stamp_ns: int, message, source=None, latency_of: str | None = None):
+        stamp_s = (stamp_ns - base_ns) / 1e9 / rate_scale
+        latency = bag.LATENCY_S[latency_of or sensor]
+        slots.append(Slot(stamp_s, stamp_s + latency, sensor, key, message, source))
+
+    def image(array, key, frame_id):
+        array = np.ascontiguousarray(array)
+        return msgs.numpy_to_image(array, ENCODINGS[key], msgs.Header(frame_id=frame_id), ros=ros), array
+
+    for frame in frames:
+        meta, stamp = frame["meta"], frame["meta"]["stamps"]
+        ids = meta["frame_ids"]
+        add("rgb", "rgb", stamp["rgb"], *image(frame["rgb"], "rgb", ids["rgb"]))
+        if points:
+            h, w = frame["rgb"].shape[:2]
+            info = msgs.numpy_to_camera_info(meta["intrinsics"], w, h, header=msgs.Header(frame_id=ids["rgb"]), ros=ros)
+            add("rgb", "camera_info", stamp["rgb"], info)
+        if gt:
+            add("", "labels", stamp["labels"], *image(frame["labels"], "labels", ids["rgb"]), latency_of="rgb")
+        add("depth", "depth", stamp["depth"], *image(metres(frame["depth"]), "depth", ids["depth"]))
+        add("lidar", "lidar", stamp["lidar"], *image(metres(frame["lidar"]), "lidar", ids["lidar"]))
+        if points:
+            cloud = _structured_points(frame["lidar_points"])
+            add("lidar", "points", stamp["lidar"],
+                msgs.numpy_to_pointcloud(cloud, msgs.Header(frame_id=ids["lidar_points"]), ros=ros))
+        events = frame.get("events") or [(meta["time"], frame["event"])]
+        for event_stamp, (_, event) in zip(stamp["event"][-len(events):], events):
+            add("event", "event", event_stamp, *image(event, "event", ids["event"]))
+    slots.sort(key=lambda s: s.publish_s)
+    if camera_period is None:
+        camera_period = 1.0 / _camera_hz()
+    period = camera_period * len(frames) / rate_scale
+    return slots, period, np.asarray(frames[0]["meta"]["camera_from_lidar"])
+
+
+def _camera_hz() -> float:
+    from .data.synthetic import config
+
+    return float(config.load().rig.rates.camera_hz)
+
+
+def _structured_points(xyzi: np.ndarray) -> np.ndarray:
+    xyzi = np.ascontiguousarray(xyzi, np.float32)
+    dtype = np.dtype([(name, "<f4") for name in ("x", "y", "z", "intensity")])
+    return xyzi.view(dtype).reshape(-1)
+
+
+def bad_variant(slot: Slot, kind: str, previous_stamp_ns: Optional[int], stamp_ns: int, ros: bool | None = None):
+    """(bad message, its header stamp in ns) replacing `slot`'s image (see BAD_KINDS in the module doc)."""
+    from . import msgs
+
+    encoding = slot.message.encoding
+    header = msgs.Header(frame_id=slot.message.header.frame_id)
+    source = slot.source
+    if kind == "size":
+        source = np.ascontiguousarray(source[::2, ::2])
+    elif kind == "nan":
+        source = np.full(source.shape, np.nan, np.float32)
+    message = msgs.numpy_to_image(source, encoding, header, ros=ros)
+    if kind == "encoding":
+        message.encoding = BAD_ENCODING
+    elif kind == "truncated":
+        message.data = message.data[: len(message.data) // 2]
+    elif kind == "stamp":
+        stamp_ns = (stamp_ns if previous_stamp_ns is None else previous_stamp_ns) - STAMP_BACKWARDS_NS
+    return message, stamp_ns
+
+
+def render(size: int, seed: int, condition: str, failure: str | None, count: int, log) -> List[dict]:
+    from .data.synthetic.generator import SceneGenerator
+
+    generator = SceneGenerator(seed, size, condition, failure)
+    started = time.monotonic()
+    frames = []
+    for i in range(count):
+        frames.append(generator.render_frame(i, all_events=True))
+        log(f"rendered frame {i + 1}/{count} ({time.monotonic() - started:.1f} s)", progress=True)
+    return frames
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The command.
+
+
+def configure(parser):
+    from .data.synthetic import config
+
+    parser.add_argument("--size", type=int, default=256, help="image height and width in px (default 256)")
+    parser.add_argument("--rate-scale", type=float, default=1.0,
+                        help="multiply every sensor rate (0.5 = half speed; stamps follow the wall clock)")
+    parser.add_argument("--seed", type=int, default=0, help="scene seed (default 0)")
+    parser.add_argument("--condition", default="sun", choices=config.CONDITIONS)
+    parser.add_argument("--failure", default=None, choices=config.FAILURES, help="a sensor failure case")
+    parser.add_argument("--duration", type=float, default=0.0,
+                        help="stop after this many seconds of publishing (default 0 = until SIGINT/SIGTERM)")
+    parser.add_argument("--frames", type=int, default=10,
+                        help="frames rendered before publishing and then looped (default 10 = 1 s of drive)")
+    parser.add_argument("--drop", action="append", default=[], metavar="SENSOR@A-B",
+                        help="publish nothing from SENSOR (rgb|depth|event|lidar|all) for stamp times in [A, B) s; "
+                             "B may be left out; repeatable")
+    parser.add_argument("--bad", action="append", default=[], metavar="SENSOR:KIND@T",
+                        help=f"replace SENSOR's first image at/after T s by a bad one; KIND: {', '.join(BAD_KINDS)}; "
+                             "repeatable")
+    parser.add_argument("--points", action="store_true", help="also publish lidar/points and rgb/camera_info")
+    parser.add_argument("--gt", action="store_true", help="also publish the ground-truth gt/labels")
+    parser.add_argument("--qos", default="sensor_data", choices=QOS_CHOICES,
+                        help="sensor_data (best effort, default) or reliable; history depth %d" % QUEUE_DEPTH)
+    parser.add_argument("--quiet", action="store_true", help="no progress or status lines (errors still printed)")
+    parser.add_argument("--node-name", default="mmseg_sensors")
+    parser.set_defaults(_accepts_extra=True)  # --ros-args ... (namespace, remaps)
+
+
+def _check(args) -> None:
+    if args.frames < 1:
+        raise ConfigError(f"--frames must be >= 1, got {args.frames}")
+    if not (args.rate_scale > 0 and math.isfinite(args.rate_scale)):
+        raise ConfigError(f"--rate-scale must be a positive number, got {args.rate_scale}")
+    if args.duration < 0:
+        raise ConfigError(f"--duration must be >= 0, got {args.duration}")
+    extra = list(getattr(args, "extra", []) or [])
+    if extra and extra[0] != "--ros-args":
+        raise ConfigError(f"unrecognized arguments: {' '.join(extra)} (ROS arguments go after --ros-args)")
+
+
+class _Log:
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+
+    def __call__(self, text: str, progress: bool = False):
+        if not self.quiet:
+            print(f"mmseg sensors: {text}", flush=True)
+
+
+def main(args) -> int:
+    _check(args)
+    drops = [parse_drop(d) for d in args.drop]
+    bads = sorted((parse_bad(b) for b in args.bad), key=lambda b: b.at)
+    log = _Log(args.quiet)
+    frames = render(args.size, args.seed, args.condition, args.failure, args.frames, log)
+
+    from . import dds
+
+    transport = dds.configure_transport()  # before rclpy.init: Fast DDS reads its profile at participant creation
+    import rclpy
+    from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+    from rclpy.serialization import serialize_message
+    from rclpy.signals import SignalHandlerOptions
+
+    slots, period, extrinsic = build_schedule(frames, args.rate_scale, args.points, args.gt, ros=True)
+    del frames
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # rclpy's own handlers would raise inside the publish loop; ours only ask the loop to end.
+    rclpy.init(args=["mmseg_sensors", *(args.extra or [])], signal_handler_options=SignalHandlerOptions.NO)
+    node = None
+    try:
+        node = rclpy.create_node(args.node_name)
+        if args.qos == "reliable":
+            qos = QoSProfile(depth=QUEUE_DEPTH, reliability=ReliabilityPolicy.RELIABLE)
+        else:
+            qos = qos_profile_sensor_data
+        names = topics()
+        used = sorted({s.key for s in slots})
+        publishers = {key: node.create_publisher(type(next(s.message for s in slots if s.key == key)), names[key], qos)
+                      for key in used}
+        for key in used:  # the first serialisation of a type is slow (SPEC §3): not inside the schedule
+            serialize_message(next(s.message for s in slots if s.key == key))
+        log(f"{transport}")
+        log("topics: " + ", ".join(f"{node.resolve_topic_name(names[k])} ({_describe(slots, k)})" for k in used))
+        if args.points:
+            log("lidar -> camera extrinsic (row-major, node parameter inputs.lidar_extrinsic): "
+                + str([round(float(v), 6) for v in extrinsic.ravel()]))
+        return _publish_loop(node, publishers, slots, period, drops, bads, args, stop, log)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+
+
+def _describe(slots, key) -> str:
+    message = next(s.message for s in slots if s.key == key)
+    return getattr(message, "encoding", None) or type(message).__name__
+
+
+def _publish_loop(node, publishers, slots, period, drops, bads, args, stop, log) -> int:
+    sent = {key: 0 for key in publishers}
+    dropped = {key: 0 for key in publishers}
+    last_stamp: Dict[str, int] = {}
+    pending = list(bads)
+    late_ms = []
+    start_ns = node.get_clock().now().nanoseconds
+    start = time.monotonic()
+    log(f"publishing; t0={start_ns // 10**9}.{start_ns % 10**9:09d} (stamp of schedule time 0); loop of "
+        f"{period:.2f} s" + (f"; drops {', '.join(map(str, drops))}" if drops else "")
+        + (f"; bad {', '.join(map(str, bads))}" if bads else ""))
+    next_status, status_counts = STATUS_PERIOD_S, dict(sent)
+    loop = 0
+    while not stop.is_set():
+        for slot in slots:
+            due = loop * period + slot.publish_s
+            if args.duration and due >= args.duration:
+                stop.set()
+                break
+            while due >= next_status:  # status lines fall between messages, on their own schedule
+                if stop.wait(max(0.0, start + next_status - time.monotonic())):
+                    break
+                if not args.quiet:
+                    _status(next_status, sent, status_counts, dropped, drops, late_ms, log)
+                status_counts, late_ms = dict(sent), []
+                next_status += STATUS_PERIOD_S
+            if stop.wait(max(0.0, start + due - time.monotonic())):
+                break
+            t = loop * period + slot.stamp_s
+            if slot.sensor and any(d.covers(slot.sensor, t) for d in drops):
+                dropped[slot.key] += 1
+                continue
+            stamp_ns = start_ns + int(round(t * 1e9))
+            message = slot.message
+            if pending and slot.key == slot.sensor and pending[0].at <= t:
+                bad = next((b for b in pending if b.sensor == slot.sensor and b.at <= t), None)
+                if bad is not None:
+                    pending.remove(bad)
+                    message, stamp_ns = bad_variant(slot, bad.kind, last_stamp.get(slot.key), stamp_ns, ros=True)
+                    print(f"mmseg sensors: bad {bad} t={t:.3f} stamp={stamp_ns // 10**9}.{stamp_ns % 10**9:09d}",
+                          flush=True)
+            message.header.stamp.sec, message.header.stamp.nanosec = divmod(stamp_ns, 10**9)
+            publishers[slot.key].publish(message)
+            late_ms.append((time.monotonic() - start - due) * 1e3)
+            last_stamp[slot.key] = stamp_ns
+            sent[slot.key] += 1
+        loop += 1
+    log(f"stopped after {time.monotonic() - start:.1f} s; sent " + ", ".join(f"{k} {v}" for k, v in sent.items())
+        + ("; dropped " + ", ".join(f"{k} {v}" for k, v in dropped.items() if v) if any(dropped.values()) else ""))
+    return 0
+
+
+def _status(t, sent, before, dropped, drops, late_ms, log) -> None:
+    rates = ", ".join(f"{k} {(sent[k] - before[k]) / STATUS_PERIOD_S:.0f}/s" for k in sent)
+    active = sorted({d.sensor for d in drops if d.start <= t < d.end})
+    late = f"late p50 {np.median(late_ms):.1f} max {max(late_ms):.1f} ms" if late_ms else "idle"
+    log(f"t={t:.0f}s {rates}; {late}" + (f"; dropping {', '.join(active)}" if active else ""))
+
+
+if __name__ == "__main__":  # python -m mmseg_ros.sensors ...
+    from .cli import main as cli_main
+
+    sys.exit(cli_main(["sensors", *sys.argv[1:]]))
