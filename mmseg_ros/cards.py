@@ -76,6 +76,22 @@ class ModelCard:
         spec = modalities.get(name)
         return tuple(spec.mean), tuple(spec.std)
 
+    def canonical_inputs(self, keys) -> Tuple[str, ...]:
+        """Canonical names for input keys (aliases allowed), order kept; unknown modalities, modalities this card
+        does not take and duplicates fail with a ConfigError naming the key and the card's modalities."""
+        names = []
+        for key in keys:
+            try:
+                name = modalities.get(key).name
+            except ConfigError:
+                raise ConfigError(f"unknown modality {key!r}; model {self.name!r} takes {list(self.modalities)}") from None
+            if name not in self.modalities:
+                raise ConfigError(f"modality {key!r} is not one of model {self.name!r}'s {list(self.modalities)}")
+            if name in names:
+                raise ConfigError(f"modality {name!r} given twice (as {key!r})")
+            names.append(name)
+        return tuple(names)
+
     def to_dict(self) -> Dict[str, Any]:
         """A self-contained card dict (classes inline, paths absolute) that `from_dict` turns back into this card."""
         return {

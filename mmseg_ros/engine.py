@@ -114,19 +114,8 @@ class Segmenter:
         """Raw arrays -> (names in card order, {name: (1, 3, h, w) tensor on the device}, output size (H, W))."""
         if not isinstance(images, Mapping):
             raise ConfigError(f"images must be a mapping modality -> array, got {type(images).__name__}")
-        given = {}
-        for key, image in images.items():
-            if image is None:
-                continue
-            try:
-                name = modalities.get(key).name
-            except ConfigError:
-                raise ConfigError(f"unknown modality {key!r}; model {self.card.name!r} takes {list(self.modalities)}") from None
-            if name not in self.modalities:
-                raise ConfigError(f"modality {key!r} is not one of model {self.card.name!r}'s {list(self.modalities)}")
-            if name in given:
-                raise ConfigError(f"modality {name!r} given twice")
-            given[name] = image
+        present = {key: image for key, image in images.items() if image is not None}
+        given = dict(zip(self.card.canonical_inputs(present), present.values()))
         if not given:
             raise ConfigError(f"no image given; model {self.card.name!r} takes any non-empty subset of {list(self.modalities)}")
         names = [m for m in self.modalities if m in given]

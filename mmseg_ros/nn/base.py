@@ -16,7 +16,6 @@ from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 import torch
 from torch import nn
 
-from .. import modalities as modality_registry
 from ..errors import ConfigError
 from .lora import is_lora_name
 
@@ -38,21 +37,12 @@ class MultiModalSegmenter(nn.Module):
         """Canonical names (mapping order), the tensors, and presence (B, M_given) bool on the tensors' device."""
         if not isinstance(inputs, Mapping) or not inputs:
             raise ConfigError(f"{self.card.name}: inputs must be a non-empty mapping modality -> (B, 3, H, W) tensor")
-        names, tensors = [], []
-        for key, tensor in inputs.items():
-            try:
-                name = modality_registry.get(key).name
-            except ConfigError:
-                raise ConfigError(f"{self.card.name}: unknown modality {key!r}; this model takes {list(self.modalities)}") from None
-            if name not in self.modalities:
-                raise ConfigError(f"{self.card.name}: modality {key!r} is not one of this model's {list(self.modalities)}")
-            if name in names:
-                raise ConfigError(f"{self.card.name}: modality {name!r} given twice")
+        names = list(self.card.canonical_inputs(inputs))
+        tensors = list(inputs.values())
+        for name, tensor in zip(names, tensors):
             if not torch.is_tensor(tensor) or tensor.ndim != 4 or tensor.shape[1] != 3:
                 shape = tuple(tensor.shape) if torch.is_tensor(tensor) else type(tensor).__name__
                 raise ConfigError(f"{self.card.name}: input {name!r} must be a (B, 3, H, W) tensor, got {shape}")
-            names.append(name)
-            tensors.append(tensor)
         first = tensors[0].shape
         for name, t in zip(names, tensors):
             if t.shape != first:
