@@ -249,13 +249,15 @@ def bad_variant(slot: Slot, kind: str, previous_stamp_ns: Optional[int], stamp_n
     return message, stamp_ns
 
 
-def render(size: int, seed: int, condition: str, failure: str | None, count: int, log) -> List[dict]:
+def render(size: int, seed: int, condition: str, failure: str | None, count: int, log, stop=None) -> List[dict]:
     from .data.synthetic.generator import SceneGenerator
 
     generator = SceneGenerator(seed, size, condition, failure)
     started = time.monotonic()
     frames = []
     for i in range(count):
+        if stop is not None and stop.is_set():
+            break
         frames.append(generator.render_frame(i, all_events=True))
         log(f"rendered frame {i + 1}/{count} ({time.monotonic() - started:.1f} s)", progress=True)
     return frames
@@ -319,18 +321,14 @@ def main(args) -> int:
     drops = [parse_drop(d) for d in args.drop]
     bads = sorted((parse_bad(b) for b in args.bad), key=lambda b: b.at)
     log = _Log(args.quiet)
-    frames = render(args.size, args.seed, args.condition, args.failure, args.frames, log)
 
     from . import dds
 
     transport = dds.configure_transport()  # before rclpy.init: Fast DDS reads its profile at participant creation
     import rclpy
-    from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
     from rclpy.serialization import serialize_message
     from rclpy.signals import SignalHandlerOptions
 
-    slots, period, extrinsic = build_schedule(frames, args.rate_scale, args.points, args.gt, ros=True)
-    del frames
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     # rclpy's own handlers would raise inside the publish loop; ours only ask the loop to end.
@@ -338,18 +336,18 @@ def main(args) -> int:
     node = None
     try:
         node = rclpy.create_node(args.node_name)
-        if args.qos == "reliable":
-            qos = QoSProfile(depth=QUEUE_DEPTH, reliability=ReliabilityPolicy.RELIABLE)
-        else:
-            qos = qos_profile_sensor_data
-        names = topics()
-        used = sorted({s.key for s in slots})
-        publishers = {key: node.create_publisher(type(next(s.message for s in slots if s.key == key)), names[key], qos)
-                      for key in used}
-        for key in used:  # the first serialisation of a type is slow (SPEC §3): not inside the schedule
-            serialize_message(next(s.message for s in slots if s.key == key))
+        # Publishers first: discovery with the subscribers runs while the frames render.
+        publishers = create_publishers(node, used_keys(args.points, args.gt), args.qos)
         log(f"{transport}")
-        log("topics: " + ", ".join(f"{node.resolve_topic_name(names[k])} ({_describe(slots, k)})" for k in used))
+        log("topics: " + ", ".join(f"{p.topic_name} ({ENCODINGS.get(k) or p.msg_type.__name__})"
+                                   for k, p in publishers.items()))
+        frames = render(args.size, args.seed, args.condition, args.failure, args.frames, log, stop)
+        if stop.is_set():
+            return 0
+        slots, period, extrinsic = build_schedule(frames, args.rate_scale, args.points, args.gt, ros=True)
+        del frames
+        for key in publishers:  # the first serialisation of a type is slow (SPEC §3): not inside the schedule
+            serialize_message(next(s.message for s in slots if s.key == key))
         if args.points:
             log("lidar -> camera extrinsic (row-major, node parameter inputs.lidar_extrinsic): "
                 + str([round(float(v), 6) for v in extrinsic.ravel()]))
@@ -362,9 +360,34 @@ def main(args) -> int:
         rclpy.try_shutdown()
 
 
-def _describe(slots, key) -> str:
-    message = next(s.message for s in slots if s.key == key)
-    return getattr(message, "encoding", None) or type(message).__name__
+def used_keys(points: bool, gt: bool) -> tuple:
+    """Topic keys (of the bag writer's TOPICS) published for these options."""
+    keys = ["rgb", "depth", "event", "lidar"]
+    keys += ["camera_info", "points"] if points else []
+    keys += ["labels"] if gt else []
+    return tuple(keys)
+
+
+def create_publishers(node, keys, qos_name: str) -> dict:
+    import importlib
+
+    from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+
+    from .data.synthetic import bag
+
+    if qos_name not in QOS_CHOICES:
+        raise ConfigError(f"qos must be one of {QOS_CHOICES}, got {qos_name!r}")
+    if qos_name == "reliable":
+        qos = QoSProfile(depth=QUEUE_DEPTH, reliability=ReliabilityPolicy.RELIABLE)
+    else:
+        qos = qos_profile_sensor_data
+    names = topics()
+    publishers = {}
+    for key in keys:
+        package, _, type_name = bag.TOPICS[key][1].split("/")  # e.g. sensor_msgs/msg/Image
+        msg_type = getattr(importlib.import_module(f"{package}.msg"), type_name)
+        publishers[key] = node.create_publisher(msg_type, names[key], qos)
+    return publishers
 
 
 def _publish_loop(node, publishers, slots, period, drops, bads, args, stop, log) -> int:
