@@ -8,20 +8,24 @@ Policy. The anchor input (by default the first configured) sets the output rate:
 For every other input the set takes the message whose stamp is nearest to the anchor stamp within `slop`
 (ties go to the newer message; one message may serve several sets). A set is emitted as soon as it is complete
 (every input has a match and has delivered a stamp at or after the anchor stamp, so no nearer message can follow;
-an input that is silent is not waited for) or once `max_wait` has passed since the anchor message arrived; whatever has no match then is listed as missing
-with a reason (`Missing`): SILENT (nothing arrived for `silence_timeout`), STALE (arriving, but its newest stamp is
-more than `silence_timeout` behind the anchor stamp) or OUT_OF_SLOP (it delivers, just nothing within `slop`).
-Sets are emitted in increasing anchor stamp; a set with fewer than `min_modalities` inputs present is dropped and
-counted. If the anchor delivers nothing for `silence_timeout`, the first live input of the fallback order takes
-over (sets are also opened for its messages of the dead interval still held); when a higher-priority input
-delivers again it takes the role back, and pending sets of the old anchor at or after its first stamp (minus
-`slop`) are given up (counted as replaced), since the new anchor's set covers that time: no duplicates.
+a silent input is not waited for) or once `max_wait` has passed since the anchor message arrived. Inputs without a
+match are listed as missing with a reason (`Missing`): SILENT (nothing arrived for `silence_timeout`), STALE
+(arriving, but its newest stamp is more than `silence_timeout` behind the anchor stamp) or OUT_OF_SLOP (it
+delivers, just nothing within `slop`). Sets are emitted in increasing anchor stamp; a set with fewer than
+`min_modalities` inputs present is dropped and counted. If the anchor delivers nothing for `silence_timeout`, the
+first live input of the fallback order takes over (sets are also opened for its messages of the dead interval
+still held); when a higher-priority input delivers again it takes the role back, and waiting sets of the old anchor
+at or after its first stamp (minus `slop`) are given up (counted as replaced): the new anchor's set covers that
+time, so no instant is emitted twice.
 
-Robustness. Per input at most `buffer_size` messages are held (oldest dropped and counted beyond that) and at most
-`buffer_size` sets wait (the oldest is emitted early beyond that). Messages are kept sorted by stamp, so moderate
+Robustness. Per input at most `buffer_size` messages are held (oldest dropped and counted beyond that); a waiting
+set whose anchor message would be pushed out is emitted early instead (counted as forced), so at most `buffer_size`
+sets wait per input that has been anchor. Messages are kept sorted by stamp, so moderate
 reordering is fine; a message whose stamp is already behind the emitted sets by more than `slop` is dropped as
 late; an exact duplicate stamp is dropped. A stamp more than `jump_threshold` behind its input's newest stamp, or
 `now_ns` going back by more than that, is a clock jump (bag loop, sim restart): all state is cleared and counted.
+A loop shorter than `jump_threshold` is not recognised (its messages would all be late): a replay that loops a
+short bag calls `reset()` at each restart.
 
 Accounting. Every received message ends up, exactly once, as used (in an emitted set), superseded (aged out of the
 matching window unused: the normal fate of a faster input's extra messages) or dropped with a reason (`Drop`);
@@ -30,14 +34,14 @@ until then it is counted as buffered. Per input: received == used + superseded +
 API (thread-safe: every public method takes an internal lock, so subscription callbacks and a worker/timer thread
 may call it concurrently; payloads are stored and handed back untouched, never copied):
 
-    config = SyncConfig.from_seconds(("rgb", "depth", "lidar"), slop=0.05, max_wait=0.1, silence_timeout=0.5)
+    config = SyncConfig.from_seconds(modalities.canonical(names), slop=0.05, max_wait=0.1, silence_timeout=0.5)
     sync = Synchronizer(config)
-    ready = sync.add("rgb", stamp_ns, payload, now_ns)   # -> list[SyncSet] that became ready, oldest first
-    ready = sync.poll(now_ns)                             # same, for sets whose max_wait ran out; call it periodically
-    sync.stats()          # -> SyncStats snapshot (per input and totals; as_dict() for diagnostics and reports)
-    sync.status(now_ns)   # -> {name: InputStatus} (ok / stale / missing, last stamp, last arrival, rate)
-    sync.anchor           # the input acting as anchor now
-    sync.reset()          # forget all state (counted), e.g. when the node sees its clock jump
+    ready = sync.add(name, stamp_to_ns(msg.header.stamp), msg, now_ns)  # -> [SyncSet] now ready, oldest first
+    ready = sync.poll(now_ns)   # the same for sets whose max_wait ran out: call it periodically (e.g. a 10 ms timer)
+    sync.stats()                # -> SyncStats snapshot, per input and totals; as_dict() for diagnostics and reports
+    sync.status(now_ns)         # -> {name: InputStatus}: ok / stale / missing, last stamp and arrival, rate
+    sync.anchor                 # the input acting as anchor now
+    sync.reset()                # forget all state (counted), e.g. when the node sees its clock jump
 """
 from __future__ import annotations
 
@@ -59,6 +63,14 @@ RATE_WINDOW = 16  # arrivals kept per input for its rate estimate: enough to smo
 def seconds_to_ns(seconds: float) -> int:
     """Seconds (as in parameter files) to the int nanoseconds used everywhere in this module."""
     return int(round(float(seconds) * NS_PER_S))
+
+
+def stamp_to_ns(stamp: Any) -> int:
+    """A ROS time (anything with `sec` and `nanosec`, e.g. header.stamp) as int nanoseconds."""
+    try:
+        return int(stamp.sec) * NS_PER_S + int(stamp.nanosec)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise MessageError(f"stamp must have integer sec and nanosec, got {stamp!r}: {exc}") from None
 
 
 class Missing(str, enum.Enum):
@@ -197,7 +209,7 @@ class SyncStats:
     sets_emitted: int = 0
     sets_below_min: int = 0
     sets_replaced: int = 0  # pending sets given up at an anchor hand-over
-    sets_forced: int = 0  # emitted before complete/max_wait because too many sets were waiting
+    sets_forced: int = 0  # emitted before complete/max_wait: its anchor message was leaving a full buffer
     pending: int = 0  # sets waiting now
     anchor_switches: int = 0
     resets: int = 0
@@ -488,11 +500,10 @@ class Synchronizer:
     def _drain(self, now: int) -> List[SyncSet]:
         ready: List[SyncSet] = []
         while self._pending:
-            forced = len(self._pending) > self.config.buffer_size
             front = self._pending[0]
-            if not (forced or now >= front.deadline or self._settled(front, now)):
+            if not (now >= front.deadline or self._settled(front, now)):
                 break
-            ready.extend(self._emit_front(now, forced))
+            ready.extend(self._emit_front(now, forced=False))
         return ready
 
     def _emit_front(self, now: int, forced: bool) -> List[SyncSet]:

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from mmseg_ros import modalities
 from mmseg_ros.errors import ConfigError, MessageError
-from mmseg_ros.sync import InputState, Missing, SyncConfig, Synchronizer
+from mmseg_ros.sync import InputState, Missing, SyncConfig, Synchronizer, stamp_to_ns
 
 MS = 1_000_000
 # Real registry names, taken in registry order rather than spelled out again.
@@ -154,6 +154,18 @@ def expect_anchor_silent(sets, sync, events):
     assert sync.anchor == CAMERA
 
 
+def expect_hand_back(sets, sync, events):
+    """The camera's first frame back (1540 ms) finds the LiDAR set of the same instant still waiting for depth
+    (50 ms latency): that set is given up, the camera's set takes the instant, nothing is emitted twice."""
+    check_order_and_slop(sets)
+    anchors = [(s.anchor, s.stamp_ns // MS) for s in sets]
+    assert anchors == ([(CAMERA, t) for t in range(0, 500, 100)] + [(LIDAR, t) for t in range(500, 1500, 100)]
+                       + [(CAMERA, t) for t in range(1500, 2500, 100)])
+    assert sync.stats().sets_replaced == 1 and sync.stats().anchor_switches == 2
+    back = next(s for s in sets if s.stamp_ns == 1500 * MS)
+    assert back.complete and back.emitted_ns == arrival_of(events, DEPTH, 1500)
+
+
 def expect_mixed_rates(sets, sync, events):
     assert [s.stamp_ns for s in sets] == [t * MS for t in range(0, 2000, 100)]
     for s in sets:
@@ -246,6 +258,9 @@ SCENARIOS = [
     Scenario("anchor_silent", (CAMERA, DEPTH, LIDAR),
              [Stream(CAMERA, 100, 5, 3000, off=lambda t: 1050 <= t < 2000), Stream(DEPTH, 100, 15, 3000),
               Stream(LIDAR, 50, 20, 3000)], expect_anchor_silent, dict(fallback=(LIDAR, DEPTH))),
+    Scenario("anchor_hand_back_replaces_waiting_set", (CAMERA, DEPTH, LIDAR),
+             [Stream(CAMERA, 100, 40, 2500, off=lambda t: 500 <= t < 1500), Stream(DEPTH, 100, 50, 2500),
+              Stream(LIDAR, 100, 10, 2500)], expect_hand_back, dict(fallback=(LIDAR,))),
     Scenario("camera10_lidar20_event5", (CAMERA, EVENT, LIDAR),
              [Stream(CAMERA, 100, 5), Stream(LIDAR, 50, 20), Stream(EVENT, 200, 12)], expect_mixed_rates),
     Scenario("jitter", (CAMERA, DEPTH, EVENT, LIDAR),
@@ -279,7 +294,7 @@ def test_scenario(scenario):
     sets = drive(sync, events)
     scenario.expect(sets, sync, events)
     check_accounting(sync)
-    assert sync.stats().sets_emitted == len(sets) + 0 and sync.stats().pending == 0
+    assert sync.stats().sets_emitted == len(sets) and sync.stats().pending == 0
 
 
 # ----------------------------------------------------------------------------------------------- bounds
@@ -469,6 +484,39 @@ def test_thread_safe_under_concurrent_callers():
 def test_bad_config_names_the_field(options, field_name):
     with pytest.raises(ConfigError, match=field_name):
         SyncConfig((CAMERA, LIDAR), **options)
+
+
+def test_nearest_within_slop_wins_and_ties_go_to_the_newer():
+    sync = make_sync((CAMERA, LIDAR))
+    for stamp_ms in (80, 95, 118, 200, 310, 290):
+        sync.add(LIDAR, stamp_ms * MS, stamp_ms, stamp_ms * MS)
+    (first,) = sync.add(CAMERA, 100 * MS, None, 320 * MS)
+    (second,) = sync.add(CAMERA, 300 * MS, None, 321 * MS)
+    assert first.messages[LIDAR].payload == 95 and second.messages[LIDAR].payload == 310
+    check_accounting(sync)
+
+
+def test_short_loop_needs_an_explicit_reset():
+    """A 0.5 s bag looped: the jump is under jump_threshold, so the replay resets, and the loop syncs again."""
+    events = timeline([Stream(CAMERA, 100, 5, 500), Stream(LIDAR, 50, 12, 500)])
+    sync = make_sync((CAMERA, LIDAR))
+    first = drive(sync, events)
+    assert len(drive(sync, events)) == 0 and sync.stats().inputs[CAMERA].dropped["late"] > 0
+    sync.reset()
+    again = drive(sync, events)
+    assert summary(again)[0][1:] == summary(first)[0][1:] and len(again) == len(first) == 5
+    assert sync.stats().resets == 1
+
+
+def test_stamp_conversions():
+    stamp = type("Time", (), {"sec": 12, "nanosec": 345})()
+    assert stamp_to_ns(stamp) == 12 * 10**9 + 345
+    with pytest.raises(MessageError, match="sec"):
+        stamp_to_ns(object())
+    sync = make_sync((CAMERA,))
+    numpy = pytest.importorskip("numpy")
+    (only,) = sync.add(CAMERA, numpy.int64(5), "payload", numpy.int64(7))
+    assert type(only.stamp_ns) is int and only.stamp_ns == 5 and only.messages[CAMERA].payload == "payload"
 
 
 def test_bad_calls_raise_project_errors():
