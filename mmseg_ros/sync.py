@@ -328,12 +328,10 @@ class Synchronizer:
             inp.arrivals.append(now)
             ready: List[SyncSet] = []
             record = _Record(stamp_ns, payload, now)
-            if self._store(inp, record, now, ready):
-                self._update_anchor(now)
-                if name == self._anchor:
-                    self._open(name, record)
-            else:
-                self._update_anchor(now)
+            stored = self._store(inp, record, now, ready)
+            self._update_anchor(now)  # any arrival, even a dropped one, shows the input is alive
+            if stored and name == self._anchor:
+                self._open(name, record)
             ready.extend(self._drain(now))
             return ready
 
@@ -351,6 +349,7 @@ class Synchronizer:
             self._reset_locked(None)
 
     def stats(self) -> SyncStats:
+        """A snapshot of the counters (safe to keep and print while the synchronizer runs on)."""
         with self._lock:
             self._stats.pending = len(self._pending)
             for inp in self._inputs.values():
@@ -359,6 +358,7 @@ class Synchronizer:
                                                 for n, c in self._stats.inputs.items()})
 
     def status(self, now_ns: int) -> Dict[str, InputStatus]:
+        """Per-input health at `now_ns` for diagnostics (read-only: does not advance the synchronizer's clock)."""
         now_ns = _check_ns(now_ns, "now_ns")
         timeout = self.config.silence_timeout_ns
         with self._lock:
@@ -393,9 +393,7 @@ class Synchronizer:
             inp.buffer.clear()
             inp.newest = inp.last_arrival = None
             inp.arrivals.clear()
-        for pending in self._pending:  # anchors pushed out of their buffer while waiting
-            self._inputs[pending.anchor].count_drop(pending.record, Drop.RESET)
-        self._clear()
+        self._clear()  # waiting sets go too: their anchor messages were in the buffers just counted
         self._origin = self._last_now = now
         self._stats.resets += 1
 
