@@ -16,6 +16,7 @@ import yaml
 
 from ..errors import ConfigError
 
+SYNTHETIC = "synthetic:"
 OUTPUT_FILES = {"json": "results.json", "markdown": "results.md", "iou": "per_class_iou.png",
                 "confusion": "confusion.png", "subsets": "subsets.png"}
 
@@ -23,8 +24,11 @@ OUTPUT_FILES = {"json": "results.json", "markdown": "results.md", "iou": "per_cl
 def configure(parser) -> None:
     parser.add_argument("--checkpoint", help="project checkpoint (.pt); default: the card's `checkpoint`")
     parser.add_argument("--card", help="model card name or path; default: the card stored in the checkpoint")
-    parser.add_argument("--data", required=True, help="dataset folder, or synthetic:<spec> to generate scenes")
+    parser.add_argument("--data", required=True,
+                        help="dataset folder, or synthetic:<spec> to generate scenes, e.g. synthetic:frames=100,seed=100 "
+                             "(keys: see docs/evaluation.md)")
     parser.add_argument("--dataset", default="deliver", help="loader for a folder: deliver, muses, mcubes")
+    parser.add_argument("--cache", help="folder for generated synthetic trees (default ~/.cache/mmseg_ros/synthetic)")
     parser.add_argument("--split", default="val")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="loader keyword (e.g. depth_source=depth); default: the training recipe's, if stored")
@@ -37,7 +41,7 @@ def configure(parser) -> None:
     parser.add_argument("--size", type=int, nargs="+", metavar="N", help="input size H [W]; default: the card's")
     parser.add_argument("--out", help="output folder (default eval/<model name>); '-' writes nothing")
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader (and scene rendering) worker processes")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="autocast on CUDA")
     parser.add_argument("--seed", type=int, default=0, help="noise seed")
@@ -57,7 +61,8 @@ def main(args) -> int:
     model.to(device)
     size = _size(args.size, card.input_size)
     options = _options(args.option, meta)
-    dataset, source = open_dataset(args.data, args.dataset, args.split, card, size, options)
+    dataset, source = open_dataset(args.data, args.dataset, args.split, card, size, options, args.cache,
+                                   args.workers)
 
     trained = tuple(card.modalities)
     if args.subsets == "all":
@@ -84,7 +89,7 @@ def main(args) -> int:
                "code": subset_code(trained), "card": str(card.path) if card.path else None,
                "checkpoint": str(checkpoint_path), "checkpoint_sha256": _sha256(checkpoint_path),
                "input_size": list(card.input_size)},
-        data={"source": source, "dataset": args.dataset if not args.data.startswith("synthetic:") else "synthetic",
+        data={"source": source, "dataset": "synthetic" if args.data.startswith(SYNTHETIC) else args.dataset,
               "split": args.split, "size": list(size), "options": options, "device": str(device),
               "precision": args.precision, "torch": torch.__version__},
     )
@@ -129,16 +134,17 @@ def load_model(checkpoint, card_ref):
     return model.eval(), card, Path(checkpoint), meta
 
 
-def open_dataset(data: str, dataset: str, split: str, card, size, options):
+def open_dataset(data: str, dataset: str, split: str, card, size, options, cache=None, workers: int = 1):
     """The evaluation data set (unit inputs at `size`) and a description of where it came from."""
     from .evaluate import unit_pipeline
 
     transform = unit_pipeline(size, card.modalities)
-    if data.startswith("synthetic:"):
-        from ..data.synthetic import eval_dataset  # E1's generator: seeded scenes in a DELIVER tree
+    if data.startswith(SYNTHETIC):
+        from . import synthetic_source
 
-        return eval_dataset(data[len("synthetic:"):], split=split, modalities=card.modalities, transform=transform,
-                            **options), data
+        return synthetic_source.open_dataset(data[len(SYNTHETIC):], split, card.modalities, transform,
+                                             default_size=size[0], cache=cache, workers=max(1, workers),
+                                             **options), data
     from ..training.build import LOADERS
 
     if dataset not in LOADERS:
