@@ -1,0 +1,154 @@
+"""What segment_node reports on /diagnostics, assembled without ROS: one status per input, one for the node.
+
+Per input (name "<node>: <modality> input"):
+  ERROR "bad input: <reason>"  a message of this input was rejected within diagnostics.error_hold
+  ERROR "missing: ..."         nothing arrived for sync.anchor_timeout (or never)
+  WARN  "stale: ..."           arriving, but its newest stamp is that far behind the other inputs
+  OK    "ok"
+  values: topic, state, anchor, rate_hz, last_stamp, received, used, superseded, dropped.<reason>,
+          missing_from_sets, used_in_last_output, bad_messages, last_error
+Node (name "<node>: segmentation"):
+  ERROR when every input is missing (no output can come), WARN when no output came for two periods or the last
+  output lacked a subscribed input (degraded), OK otherwise.
+  values: card, device, anchor, rate_in_hz (sets per second), rate_out_hz, published, sets_emitted,
+          dropped_superseded (latest wins), dropped_below_min, latency_p50_ms / latency_p95_ms (anchor stamp to
+          publish, node clock), model_p50_ms / model_p95_ms (engine: preprocess + forward + postprocess),
+          modalities_used (the last output's), last_output_age_s, router.<level>.<modality> (MLE-SAM)
+Levels are diagnostic_msgs/DiagnosticStatus' OK / WARN / ERROR.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from .sync import NS_PER_S, InputCounts, InputState, InputStatus
+
+OK, WARN, ERROR = 0, 1, 2  # diagnostic_msgs/DiagnosticStatus levels
+
+
+@dataclass(frozen=True)
+class Status:
+    level: int
+    name: str
+    message: str
+    hardware_id: str
+    values: Tuple[Tuple[str, str], ...]
+
+    def value(self, key: str) -> Optional[str]:
+        return dict(self.values).get(key)
+
+
+@dataclass(frozen=True)
+class InputReport:
+    name: str
+    topic: str
+    status: InputStatus
+    counts: InputCounts
+    recent_error: Optional[str]  # within the hold time
+    bad_messages: int
+    last_error: str
+    used_in_last_output: bool
+
+
+@dataclass(frozen=True)
+class NodeReport:
+    card: str
+    device: str
+    anchor: str
+    rate_in_hz: Optional[float]
+    rate_out_hz: Optional[float]
+    published: int
+    sets_emitted: int
+    dropped_superseded: int
+    dropped_below_min: int
+    latency_ms: Optional[Tuple[float, float]]
+    model_ms: Optional[Tuple[float, float]]
+    modalities_used: Tuple[str, ...]
+    last_output_age_s: Optional[float]
+    extra: Mapping[str, Any] = field(default_factory=dict)  # e.g. router weights
+
+
+def input_status(node: str, report: InputReport, now_ns: int) -> Status:
+    st = report.status
+    if report.recent_error is not None:
+        level, message = ERROR, f"bad input: {report.recent_error}"
+    elif st.state == InputState.MISSING:
+        if st.last_arrival_ns is None:
+            level, message = ERROR, "missing: nothing received yet"
+        else:
+            level, message = ERROR, f"missing: nothing received for {(now_ns - st.last_arrival_ns) / NS_PER_S:.1f} s"
+    elif st.state == InputState.STALE:
+        level, message = WARN, "stale: its newest stamp lags the other inputs"
+    else:
+        level, message = OK, "ok"
+    c = report.counts
+    values: Dict[str, Any] = {
+        "topic": report.topic,
+        "state": st.state.value,
+        "anchor": st.is_anchor,
+        "rate_hz": _num(st.rate_hz),
+        "last_stamp": "" if st.last_stamp_ns is None else f"{st.last_stamp_ns / NS_PER_S:.6f}",
+        "received": c.received,
+        "used": c.used,
+        "superseded": c.superseded,
+        **{f"dropped.{reason}": n for reason, n in c.dropped.items()},
+        "missing_from_sets": sum(c.missing.values()),
+        "used_in_last_output": report.used_in_last_output,
+        "bad_messages": report.bad_messages,
+        "last_error": report.last_error,
+    }
+    return Status(level, f"{node}: {report.name} input", message, node, _strings(values))
+
+
+def node_status(node: str, report: NodeReport, inputs: Sequence[InputReport], period_s: float) -> Status:
+    missing = [r.name for r in inputs if r.status.state == InputState.MISSING]
+    subscribed = [r.name for r in inputs]
+    quiet = report.last_output_age_s is None or report.last_output_age_s > 2 * period_s
+    lacking = [m for m in subscribed if m not in report.modalities_used]
+    if len(missing) == len(subscribed):
+        level, message = ERROR, f"no input: all {len(subscribed)} inputs missing ({', '.join(missing)}); no output"
+    elif quiet:
+        level, message = WARN, f"no output in the last {2 * period_s:.1f} s"
+    elif lacking:
+        level, message = WARN, f"degraded: last output without {', '.join(lacking)}"
+    else:
+        level, message = OK, f"ok: all {len(subscribed)} inputs"
+    if level != ERROR and not quiet and report.rate_out_hz is not None:
+        message += f"; {report.rate_out_hz:.1f} Hz out"
+    values: Dict[str, Any] = {
+        "card": report.card,
+        "device": report.device,
+        "anchor": report.anchor,
+        "rate_in_hz": _num(report.rate_in_hz),
+        "rate_out_hz": _num(report.rate_out_hz),
+        "published": report.published,
+        "sets_emitted": report.sets_emitted,
+        "dropped_superseded": report.dropped_superseded,
+        "dropped_below_min": report.dropped_below_min,
+        "latency_p50_ms": _num(report.latency_ms[0] if report.latency_ms else None),
+        "latency_p95_ms": _num(report.latency_ms[1] if report.latency_ms else None),
+        "model_p50_ms": _num(report.model_ms[0] if report.model_ms else None),
+        "model_p95_ms": _num(report.model_ms[1] if report.model_ms else None),
+        "modalities_used": ",".join(report.modalities_used),
+        "missing_inputs": ",".join(missing),
+        "last_output_age_s": _num(report.last_output_age_s),
+        **report.extra,
+    }
+    return Status(level, f"{node}: segmentation", message, node, _strings(values))
+
+
+def statuses(node: str, report: NodeReport, inputs: Sequence[InputReport], now_ns: int,
+             period_s: float) -> List[Status]:
+    """The node's status first, then one per input in configured order."""
+    return [node_status(node, report, inputs, period_s)] + [input_status(node, r, now_ns) for r in inputs]
+
+
+def _num(value: Optional[float]) -> str:
+    return "" if value is None else f"{value:.3f}"
+
+
+def _strings(values: Mapping[str, Any]) -> Tuple[Tuple[str, str], ...]:
+    def text(v: Any) -> str:
+        return str(v).lower() if isinstance(v, bool) else str(v)
+
+    return tuple((k, text(v)) for k, v in values.items())

@@ -1,0 +1,260 @@
+"""segment_node's ROS-free parts: parameter validation, input checks, the latest-wins hand-off, statistics and the
+diagnostics it assembles. Runs without rclpy (checked)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from mmseg_ros import modalities, msgs, node_config, node_core
+from mmseg_ros import node_diagnostics as diag
+from mmseg_ros.errors import ConfigError, MessageError
+from mmseg_ros.node_config import NodeConfig
+from mmseg_ros.sync import InputCounts, InputState, InputStatus
+
+TINY = "test_tiny_mle_sam"
+
+
+def test_no_rclpy_in_the_core():
+    code = ("import sys; import mmseg_ros.node_config, mmseg_ros.node_core, mmseg_ros.node_diagnostics; "
+            "assert 'rclpy' not in sys.modules and 'torch' not in sys.modules, sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# -- parameters -------------------------------------------------------------------------------------------------------
+
+
+def test_defaults_validate_and_follow_the_card():
+    cfg = NodeConfig.from_values({"model.card": TINY})
+    assert cfg.card.name == TINY
+    assert cfg.modalities == cfg.card.modalities
+    assert cfg.anchor == cfg.modalities[0] and cfg.fallback == cfg.modalities[1:]
+    assert cfg.checkpoint is None and cfg.lidar_extrinsic[3] == (0.0, 0.0, 0.0, 1.0)
+
+
+def test_subset_anchor_fallback_and_input_size():
+    cfg = NodeConfig.from_values({"model.card": TINY, "modalities": ["lidar", "img"], "sync.anchor": "lidar",
+                                  "model.input_size": 96})
+    assert cfg.modalities == ("rgb", "lidar")  # card order, aliases resolved
+    assert cfg.anchor == "lidar" and cfg.fallback == ("rgb",)
+    assert cfg.card.input_size == (96, 96)
+
+
+@pytest.mark.parametrize("values, match", [
+    ({"model.precision": "fp64"}, "model.precision"),
+    ({"model.device": "tpu"}, "model.device"),
+    ({"model.input_size": 100}, "multiple of 32"),
+    ({"sync.slop": -0.1}, r"sync.slop.*\[0.0, 10.0\]"),
+    ({"sync.min_modalities": 5}, "exceeds"),
+    ({"modalities": ["rgb", "thermal"]}, "thermal"),
+    ({"modalities": ["aolp"]}, "not handled by model"),
+    ({"sync.anchor": "depth", "modalities": ["rgb"]}, "sync.anchor"),
+    ({"sync.fallback_order": ["depth", "depth"]}, "distinct"),
+    ({"sync.fallback_order": ["rgb"]}, "other than the anchor"),
+    ({"inputs.lidar_extrinsic": [1.0] * 12}, "16 finite"),
+    ({"inputs.lidar_extrinsic": [1.0] * 16}, "last row"),
+    ({"inputs.qos": "fast"}, "inputs.qos"),
+    ({"outputs.color": "yes"}, "true or false"),
+    ({"model.card": "no_such_card"}, "not found"),
+    ({"sync.slopp": 0.1}, "unknown parameter"),
+])
+def test_bad_values_name_the_parameter(values, match):
+    with pytest.raises(ConfigError, match=match):
+        NodeConfig.from_values({"model.card": TINY, **values})
+
+
+def test_device_choice_and_cpu_fallback():
+    assert node_config.choose_device("auto", False, True) == ("cuda", None)
+    assert node_config.choose_device("auto", False, False) == ("cpu", None)
+    assert node_config.choose_device("cuda:1", False, True) == ("cuda:1", None)
+    device, warning = node_config.choose_device("cuda", True, False)
+    assert device == "cpu" and "not available" in warning
+    with pytest.raises(ConfigError, match="allow_cpu_fallback"):
+        node_config.choose_device("cuda", False, False)
+    assert NodeConfig.from_values({"model.card": TINY, "model.device": "cuda:0"}).device == "cuda:0"
+
+
+def test_parameter_table_is_consistent():
+    assert len(set(node_config.PARAMETER_NAMES)) == len(node_config.PARAMETERS)
+    for p in node_config.PARAMETERS:
+        assert p.description, p.name
+        if p.default is not None:
+            node_config._checked(p, p.default)  # every default passes its own checks
+        if p.low is not None:
+            assert p.type in (node_config.INTEGER, node_config.DOUBLE) and p.high > p.low, p.name
+
+
+def test_input_topics_come_from_the_registry():
+    names = ("rgb", "depth", "lidar")
+    assert node_config.input_topics(names) == {n: modalities.get(n).topic for n in names}
+    points = node_config.input_topics(names, "points")[node_config.LIDAR]
+    assert points.rsplit("/", 1)[0] == modalities.get("lidar").topic.rsplit("/", 1)[0] and points.endswith("/points")
+    assert node_config.camera_info_topic().startswith(modalities.get("rgb").topic.rsplit("/", 1)[0] + "/")
+
+
+# -- input checks -----------------------------------------------------------------------------------------------------
+
+
+def _image(array, encoding):
+    return msgs.numpy_to_image(np.ascontiguousarray(array), encoding, ros=False)
+
+
+def test_decode_accepts_registry_encodings_and_nan_holes():
+    depth = np.full((8, 8), 4.0, np.float32)
+    depth[:4] = np.nan  # "no return" pixels are fine
+    out = node_core.decode_input("depth", _image(depth, "32FC1"))
+    assert out.shape == (8, 8) and np.isnan(out[0, 0]) and out[7, 7] == 4.0
+    bgr = np.zeros((4, 6, 3), np.uint8)
+    bgr[..., 0] = 7  # blue
+    assert node_core.decode_input("rgb", _image(bgr, "bgr8"))[0, 0].tolist() == [0, 0, 7]
+    assert node_core.decode_input("event", _image(np.zeros((4, 4, 2), np.uint8), "8UC2")).shape == (4, 4, 2)
+
+
+@pytest.mark.parametrize("modality, array, encoding, match", [
+    ("rgb", np.zeros((4, 4), np.uint16), "mono16", "not accepted"),
+    ("depth", np.full((4, 4), np.nan, np.float32), "32FC1", "no valid return"),
+    ("lidar", np.zeros((4, 4), np.float32), "32FC1", "no valid return"),
+])
+def test_decode_rejects_bad_images(modality, array, encoding, match):
+    with pytest.raises(MessageError, match=match):
+        node_core.decode_input(modality, _image(array, encoding))
+
+
+def test_decode_rejects_unknown_encoding_and_truncated_data():
+    msg = _image(np.zeros((4, 4, 3), np.uint8), "rgb8")
+    msg.encoding = "yuv_mystery"
+    with pytest.raises(MessageError, match="yuv_mystery"):
+        node_core.decode_input("rgb", msg)
+    msg = _image(np.zeros((4, 4, 3), np.uint8), "rgb8")
+    msg.data = msg.data[:10]
+    with pytest.raises(MessageError, match="bytes"):
+        node_core.decode_input("rgb", msg)
+
+
+def test_size_guard_rejects_odd_frames_and_learns_a_new_size():
+    guard = node_core.SizeGuard(confirm=3)
+    full, half = np.zeros((8, 8)), np.zeros((4, 4))
+    assert guard.check("rgb", full) is None
+    assert "4x4 differs from the 8x8" in guard.check("rgb", half)
+    assert guard.check("rgb", full) is None and guard.check("depth", half) is None  # per input
+    assert guard.check("rgb", half) and guard.check("rgb", half)
+    assert guard.check("rgb", half) is None  # third in a row: the new usual size
+    assert guard.check("rgb", half) is None and guard.check("rgb", full) is not None
+
+
+def test_size_mismatch_and_stamp_order():
+    assert node_core.size_mismatch("depth", np.zeros((4, 4)), "rgb", (4, 4)) is None
+    assert "differs from the anchor rgb's 8x4" in node_core.size_mismatch("depth", np.zeros((4, 4)), "rgb", (4, 8))
+    order = node_core.StampOrder()
+    assert order.check("rgb", 100) is None and order.check("rgb", 200) is None
+    assert "backwards by" in order.check("rgb", 150)
+    assert order.check("rgb", 160) is None and order.check("depth", 1) is None
+
+
+# -- hand-off, statistics ---------------------------------------------------------------------------------------------
+
+
+def test_latest_slot_keeps_the_newest_and_counts_the_rest():
+    slot = node_core.LatestSlot()
+    assert slot.take(0.0) is None
+    slot.put_all([1, 2, 3])
+    assert slot.take(0.0) == 3 and slot.superseded == 2 and slot.take(0.0) is None
+    got = []
+    waiter = threading.Thread(target=lambda: got.append(slot.take(5.0)))
+    waiter.start()
+    time.sleep(0.05)
+    slot.put(4)
+    waiter.join(2.0)
+    assert got == [4] and slot.taken == 2 and slot.put_count == 4
+    slot.close()
+    started = time.monotonic()
+    assert slot.take(5.0) is None and time.monotonic() - started < 1.0  # closed: no waiting
+
+
+def test_rate_meter_and_latency_window():
+    meter = node_core.RateMeter(window=5, stale_s=1.0)
+    assert meter.rate(0) is None
+    for i in range(5):
+        meter.tick(i * 100_000_000)  # 10 Hz
+    assert meter.rate(400_000_000) == pytest.approx(10.0)
+    assert meter.rate(2_000_000_000) is None  # nothing for over a second
+    window = node_core.LatencyWindow(size=100)
+    assert window.percentiles() is None
+    for ms in range(1, 101):
+        window.add(ms)
+    p50, p95 = window.percentiles()
+    assert 49 <= p50 <= 51 and 94 <= p95 <= 96
+
+
+def test_input_health_holds_errors_for_a_while():
+    health = node_core.InputHealth(["rgb"])
+    assert health.recent("rgb", 0, 5.0) is None
+    health.record("rgb", "bad", 1_000_000_000)
+    assert health.recent("rgb", 3_000_000_000, 5.0) == "bad"
+    assert health.recent("rgb", 7_000_000_000, 5.0) is None
+    assert health.get("rgb").count == 1 and health.get("rgb").last_error == "bad"
+
+
+def test_overlay_blends_with_a_matching_camera_image():
+    color = np.full((2, 2, 3), 200, np.uint8)
+    camera = np.zeros((2, 2, 3), np.uint8)
+    assert node_core.overlay(color, camera, 0.5).tolist() == np.full((2, 2, 3), 100).tolist()
+    assert node_core.overlay(color, camera, 0.0) is color
+    assert node_core.overlay(color, None, 0.5) is color
+    assert node_core.overlay(color, np.zeros((3, 3), np.uint8), 0.5) is color  # another size: palette only
+    mono = np.full((2, 2), 255, np.uint8)
+    assert node_core.overlay(color, mono, 1.0).tolist() == np.full((2, 2, 3), 255).tolist()
+
+
+# -- diagnostics ------------------------------------------------------------------------------------------------------
+
+NS = 1_000_000_000
+
+
+def _input(name, state, error=None, last_arrival=9 * NS):
+    status = InputStatus(name, state, name == "rgb", 9 * NS, last_arrival, 10.0, 0)
+    return diag.InputReport(name, f"/{name}/image", status, InputCounts(received=5), error, int(bool(error)),
+                            error or "", used_in_last_output=state == InputState.OK)
+
+
+def _report(used=("rgb", "depth"), age=0.1):
+    return diag.NodeReport("tiny", "cpu", "rgb", 10.0, 9.5, 20, 22, 2, 0, (80.0, 120.0), (60.0, 90.0), used, age,
+                           {"router.sfm.rgb": 0.6})
+
+
+def test_input_statuses():
+    now = 10 * NS
+    ok = diag.input_status("/n", _input("rgb", InputState.OK), now)
+    assert ok.level == diag.OK and ok.name == "/n: rgb input" and ok.value("rate_hz") == "10.000"
+    assert ok.value("used_in_last_output") == "true"
+    missing = diag.input_status("/n", _input("depth", InputState.MISSING, last_arrival=7 * NS), now)
+    assert missing.level == diag.ERROR and missing.message == "missing: nothing received for 3.0 s"
+    never = diag.input_status("/n", _input("depth", InputState.MISSING, last_arrival=None), now)
+    assert never.level == diag.ERROR and "nothing received yet" in never.message
+    stale = diag.input_status("/n", _input("depth", InputState.STALE), now)
+    assert stale.level == diag.WARN
+    bad = diag.input_status("/n", _input("depth", InputState.OK, error="depth: no valid return"), now)
+    assert bad.level == diag.ERROR and bad.message == "bad input: depth: no valid return"
+    assert bad.value("bad_messages") == "1"
+
+
+def test_node_status_levels():
+    inputs = [_input("rgb", InputState.OK), _input("depth", InputState.OK)]
+    ok = diag.node_status("/n", _report(), inputs, 1.0)
+    assert ok.level == diag.OK and ok.message.startswith("ok: all 2 inputs")
+    assert ok.value("modalities_used") == "rgb,depth" and ok.value("latency_p95_ms") == "120.000"
+    assert ok.value("router.sfm.rgb") == "0.6" and ok.value("dropped_superseded") == "2"
+    degraded = diag.node_status("/n", _report(used=("rgb",)), inputs, 1.0)
+    assert degraded.level == diag.WARN and "without depth" in degraded.message
+    quiet = diag.node_status("/n", _report(age=5.0), inputs, 1.0)
+    assert quiet.level == diag.WARN and "no output" in quiet.message
+    dead = [_input("rgb", InputState.MISSING), _input("depth", InputState.MISSING)]
+    none = diag.node_status("/n", _report(age=5.0), dead, 1.0)
+    assert none.level == diag.ERROR and none.message.startswith("no input: all 2 inputs missing")
+    assert none.value("missing_inputs") == "rgb,depth"
+    everything = diag.statuses("/n", _report(), inputs, 10 * NS, 1.0)
+    assert [s.name for s in everything] == ["/n: segmentation", "/n: rgb input", "/n: depth input"]
