@@ -520,3 +520,19 @@ def test_confusion_matrices_sum_across_ddp_ranks(tmp_path):
         np.testing.assert_array_equal(per_group["all"], whole)
         np.testing.assert_array_equal(per_group["fog"], fog)
         np.testing.assert_array_equal(per_group["night"], night)
+
+
+def test_eval_uses_the_training_data_options():
+    from mmseg_ros.evaluation.cli import _options
+    from mmseg_ros.training import config as recipes
+
+    name = "synth_tiny_mle_sam_dropout"
+    trained = dict(recipes.load(name).data.options)
+    assert trained, "the synthetic recipes read metric depth; the test needs a recipe with loader options"
+    assert _options([], {"recipe": name}) == trained
+    assert _options([], {"recipe": {"data": {"options": {"depth_source": "hha"}}}}) == {"depth_source": "hha"}
+    assert _options(["depth_source=hha", "x=3"], {"data_options": {"depth_source": "depth"}}) == {
+        "depth_source": "hha", "x": 3}
+    assert _options([], {"recipe": "no_such_recipe"}) == {}
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        _options(["depth_source"], {})

@@ -160,15 +160,36 @@ def open_dataset(data: str, dataset: str, split: str, card, size, options, cache
 
 
 def _options(pairs, meta) -> dict:
-    """Loader keywords: the training recipe's data.options stored in the checkpoint meta, then --option KEY=VALUE."""
-    recipe = (meta or {}).get("recipe") or {}
-    options = dict(((recipe.get("data") or {}).get("options") or {}))
+    """Loader keywords: those the model was trained with (checkpoint meta), then --option KEY=VALUE.
+
+    Training on a generated tree with metric depth and evaluating on HHA would give silently wrong numbers, so the
+    training data options are looked up: meta "data_options", else the stored recipe's data.options (the recipe
+    itself, or its name in train/)."""
+    options = dict(_trained_data_options(meta or {}))
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ConfigError(f"--option expects KEY=VALUE, got {pair!r}")
         options[key] = yaml.safe_load(value)
     return options
+
+
+def _trained_data_options(meta) -> dict:
+    if isinstance(meta.get("data_options"), dict):
+        return meta["data_options"]
+    recipe = meta.get("recipe")
+    if isinstance(recipe, dict):
+        return dict((recipe.get("data") or {}).get("options") or {})
+    if isinstance(recipe, str):
+        from ..errors import MMSegError
+        from ..training import config as recipes
+
+        try:
+            return dict(recipes.load(recipe).data.options)
+        except (MMSegError, OSError) as exc:
+            print(f"mmseg eval: note: training recipe {recipe!r} not found ({exc}); loader options default",
+                  file=sys.stderr)
+    return {}
 
 
 def _size(values, default):

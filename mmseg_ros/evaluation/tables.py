@@ -204,7 +204,8 @@ def to_markdown(report: Mapping, title: Optional[str] = None) -> str:
     parts = [f"## {title or 'Evaluation'}: {model.get('name', '?')} on {data.get('source', '?')}"
              + (f" ({data['split']})" if data.get("split") else "")]
     facts = [f"{k}: {v}" for k, v in (("samples", data.get("samples")), ("eval size", data.get("size")),
-                                      ("modalities", model.get("modalities"))) if v is not None]
+                                      ("modalities", model.get("modalities")),
+                                      ("loader options", data.get("options") or None)) if v is not None]
     if facts:
         parts.append(", ".join(map(str, facts)))
     if "full" in report:
