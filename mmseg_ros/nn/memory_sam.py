@@ -27,6 +27,10 @@ Per-sample presence inside a batch (modality dropout): samples are grouped by th
 each group runs its own frame sequence as one batch, and results are put back in sample order. A mixed batch thus
 gives, per sample, exactly what that sample alone gives.
 
+Outputs of `forward`: "logits" (B, K, H, W); "frame_logits" {modality: (B, K, H/4, W/4)} each frame's logits at
+the decoder's stride 4 (zeros for samples without that modality); "modalities" and "present" (B, M) in sequence
+(card) order; in training also "spmm_features" (B, d/8, H/4, W/4) for the loss.
+
 Card block `memory_sam:` keys: spmm_weight (alpha, 1.0), spmm_momentum (0.2). `loss:` keys: ohem_thresh (0.7),
 weights ([1.0], the weight of OHEM on the final logits).
 """
@@ -97,10 +101,8 @@ class MemorySAM(MultiModalSegmenter):
         names = [names[j] for j in order]
         present = present[:, order]
         keep = present.transpose(0, 1).reshape(-1)  # (M * B,), modality-major
-        images = torch.stack([tensors[j] for j in order]).flatten(0, 1)
         rows = keep.nonzero().squeeze(1)
-        if rows.numel() != images.shape[0]:
-            images = images[rows]
+        images = torch.cat([tensors[j][present[:, k]] for k, j in enumerate(order)])  # present pairs only
         # Row of each (modality, sample) pair in the encoded batch, -1 where absent.
         slot = torch.full_like(keep, -1, dtype=torch.long)
         slot[rows] = torch.arange(rows.numel(), device=rows.device)
