@@ -437,7 +437,6 @@ def test_mmseg_eval_end_to_end_on_a_tiny_checkpoint(tmp_path, capsys):
     """`mmseg eval` on a random-init tiny MLE-SAM checkpoint over generated scenes writes every output."""
     import matplotlib.image
 
-    pytest.importorskip("mmseg_ros.nn.mle_sam")  # until the model lands in every checkout
     from mmseg_ros import cli
     from mmseg_ros.nn.build import build_model
     from mmseg_ros.nn.checkpoint import save_checkpoint
@@ -466,6 +465,23 @@ def test_mmseg_eval_end_to_end_on_a_tiny_checkpoint(tmp_path, capsys):
     assert (out / "results.md").read_text().strip() in printed
     for name in ("per_class_iou.png", "confusion.png", "subsets.png"):
         assert matplotlib.image.imread(out / name).shape[0] > 100
+
+
+def test_mmseg_eval_runs_memory_sam_with_its_card(tmp_path, capsys):
+    """The other architecture through the same path, model chosen by --card (its stored card is the same)."""
+    from mmseg_ros import cli
+    from mmseg_ros.nn.build import build_model
+    from mmseg_ros.nn.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    checkpoint = save_checkpoint(build_model("test_tiny_memory_sam"), tmp_path / "memory.pt")
+    out = tmp_path / "out"
+    assert cli.main(["eval", "--checkpoint", str(checkpoint), "--card", "test_tiny_memory_sam",
+                     "--data", "synthetic:" + SYNTH_SPEC, "--cache", str(tmp_path / "cache"),
+                     "--max-samples", "1", "--out", str(out), "--no-progress"]) == 0
+    report = tables.load_json(out / "results.json")
+    assert report["model"]["architecture"] == "memory_sam" and report["full"]["pixels"] > 0
+    assert "subsets" not in report and "noise" not in report
 
 
 # --------------------------------------------------------------------------------------------------- DDP
