@@ -110,7 +110,8 @@ class MemorySAM(MultiModalSegmenter):
 
         encoded = self.sam.forward_image(images)
         _, vision_feats, vision_pos, feat_sizes = self.sam._prepare_backbone_features(encoded)
-        high_res = encoded["backbone_fpn"][:-1]  # stride 4 (after conv_s0) and 8 (after conv_s1), as maps
+        # Stride 4 (after conv_s0) and 8 (after conv_s1) as maps, the levels SAM2's decoder takes.
+        high_res = encoded["backbone_fpn"][-self.sam.num_feature_levels:-1]
         frames = _Frames(vision_feats[-1:], vision_pos[-1:], feat_sizes, high_res)
 
         group_ids, group_logits, frame_logits = [], [], {}
@@ -127,12 +128,12 @@ class MemorySAM(MultiModalSegmenter):
         low_res = torch.cat(group_logits)[order_back]
         out = {
             "logits": F.interpolate(low_res, size=(height, width), mode="bilinear", align_corners=False),
-            "frame_logits": {name: _scatter(parts, batch) for name, parts in frame_logits.items()},
+            "frame_logits": {n: _scatter(frame_logits[n], batch) for n in names if n in frame_logits},
             "present": present,
             "modalities": tuple(names),
         }
         if self.training:
-            out["spmm_features"] = _mean_over_present(encoded["backbone_fpn"][0], rows % batch, present)
+            out["spmm_features"] = _mean_over_present(high_res[0], rows % batch, present)
         return out
 
     def _run_sequence(self, frames: "_Frames", frame_rows: Sequence[torch.Tensor]) -> List[torch.Tensor]:
