@@ -5,6 +5,7 @@ Training runs use the tiny MLE-SAM card (real SAM2 modules, 64 px) on a tiny DEL
 read by the real DELIVER loader and transform pipeline (random crops, flips, modality dropout), so resume has to
 reproduce every random choice of a real run.
 """
+import contextlib
 import json
 import os
 import signal
@@ -78,7 +79,7 @@ def write_recipe(path: Path, data_root: Path, **sections) -> Path:
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    return write_tiny_deliver(tmp_path_factory.mktemp("deliver"), {"train": 10, "val": 2})
+    return write_tiny_deliver(tmp_path_factory.mktemp("deliver"), {"train": 8, "val": 2})
 
 
 def train_cli(recipe: Path, out: Path, *extra, env=None):
@@ -99,12 +100,29 @@ def _finish(proc, timeout=120):
     return out
 
 
+@contextlib.contextmanager
+def single_thread():
+    """In-process training like the CLI runs (OMP_NUM_THREADS=1): the tiny model gains nothing from a second
+    thread and loses a lot when the cores are busy. Puts back the settings a run changes globally."""
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+
+
 @pytest.fixture(scope="module")
 def straight_run(tmp_path_factory, data_root):
-    """One uninterrupted CLI run (2 epochs x 5 steps, latest.pt every 3 steps); shared by several tests."""
+    """One uninterrupted run (2 epochs x 4 steps, latest.pt every 3 steps), in this process to save a start-up.
+    Shared by several tests."""
+    from mmseg_ros.training import run
+
     base = tmp_path_factory.mktemp("straight")
     recipe = write_recipe(base / "recipe.yaml", data_root)
-    _finish(train_cli(recipe, base / "run"))
+    with single_thread():
+        run.run(config.load(recipe), base / "run", device="cpu")
     return recipe, base / "run"
 
 
@@ -226,19 +244,25 @@ def test_seeded_samples_repeat_per_epoch_and_leave_global_rng_alone(data_root):
 
 
 # ---------------------------------------------------------------------------------------------------- trainer
-def test_loss_goes_down_on_tiny_overfit_set(tmp_path):
+@pytest.fixture
+def one_thread():
+    with single_thread():
+        yield
+
+
+def test_loss_goes_down_on_tiny_overfit_set(tmp_path, one_thread):
     from mmseg_ros.training import run
 
     recipe = config.load(write_recipe(
         tmp_path / "r.yaml", write_tiny_deliver(tmp_path / "deliver", {"train": 4}),
         data={"modality_dropout": 0.0, "augment": {"scale": [1.0, 1.0], "flip": 0.0, "jitter": 0.0, "blur_p": 0.0},
               "val_split": None},
-        schedule={"epochs": 6, "warmup_epochs": 0}, train={"batch_size": 2}, checkpoint={"every_iters": 100},
+        schedule={"epochs": 5, "warmup_epochs": 0}, train={"batch_size": 2}, checkpoint={"every_iters": 100},
         optimizer={"lr": 3e-3},
     ))
     model, progress = run.run(recipe, tmp_path / "run", device="cpu")
     losses = [r["loss"] for r in _records(tmp_path / "run") if r["kind"] == "train"]
-    assert progress.iteration == len(losses) == 12
+    assert progress.iteration == len(losses) == 10
     assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:3]), losses
 
 
@@ -263,7 +287,7 @@ def test_kill_mid_epoch_then_resume_equals_straight_run(tmp_path, straight_run):
         elif path.suffix == ".jsonl":
             _records(out)
     killed_at = checkpoints.load_state(out / checkpoints.LATEST)["progress"]
-    assert 0 < killed_at["step_in_epoch"] < 5, killed_at  # stopped inside an epoch
+    assert 0 < killed_at["step_in_epoch"] < 4, killed_at  # stopped inside an epoch
 
     _finish(train_cli(recipe, out, "--resume"))
     resumed, reference = (checkpoints.load_state(p / checkpoints.LATEST) for p in (out, straight))
@@ -276,7 +300,7 @@ def test_kill_mid_epoch_then_resume_equals_straight_run(tmp_path, straight_run):
     val = [[r["miou"] for r in _records(p) if r["kind"] == "val"] for p in (out, straight)]
     assert val[0] == pytest.approx(val[1]) and len(val[0]) == 2
     iterations = [r["iteration"] for r in _records(out) if r["kind"] == "train"]
-    assert iterations == list(range(1, 11))  # the resumed log has no gap and no duplicate
+    assert iterations == list(range(1, 9))  # the resumed log has no gap and no duplicate
 
 
 def test_metrics_log_and_plots(straight_run):
@@ -284,9 +308,9 @@ def test_metrics_log_and_plots(straight_run):
     records = _records(run_dir)
     train = [r for r in records if r["kind"] == "train"]
     val = [r for r in records if r["kind"] == "val"]
-    assert [r["iteration"] for r in train] == list(range(1, 11))
+    assert [r["iteration"] for r in train] == list(range(1, 9))
     assert all(np.isfinite(r["loss"]) and r["lr"] > 0 and r["samples_per_s"] > 0 for r in train)
-    assert train[0]["lr"] < train[4]["lr"]  # warm-up over the first epoch
+    assert train[0]["lr"] < train[3]["lr"]  # warm-up over the first epoch
     assert [r["epoch"] for r in val] == [1, 2] and all(0 <= r["miou"] <= 100 for r in val)
     header = (run_dir / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"kind", "epoch", "iteration", "loss", "lr", "samples_per_s", "miou"} <= set(header)
@@ -296,7 +320,7 @@ def test_metrics_log_and_plots(straight_run):
     assert config.load(run_dir / "recipe.yaml").name == "test_tiny"
 
 
-def test_resume_refuses_other_frozen_weights_and_foreign_files(tmp_path, straight_run):
+def test_resume_refuses_other_frozen_weights_and_foreign_files(tmp_path, straight_run, one_thread):
     from mmseg_ros.training import run
 
     recipe_path, run_dir = straight_run
@@ -335,7 +359,7 @@ def test_torchrun_two_processes_keep_identical_weights(tmp_path, data_root):
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     ranks = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
-    assert [r["world"] for r in ranks] == [2, 2] and ranks[0]["iteration"] == 10 // 4
+    assert [r["world"] for r in ranks] == [2, 2] and ranks[0]["iteration"] == 8 // 4
     for name, tensor in ranks[0]["state"].items():
         assert torch.equal(tensor, ranks[1]["state"][name]), name
     assert any("lora" in n and t.abs().sum() > 0 for n, t in ranks[0]["state"].items())
