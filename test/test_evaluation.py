@@ -1,7 +1,6 @@
 """Evaluation: confusion-matrix metrics, subset enumeration, noise, paper-shaped tables, plots, `mmseg eval`."""
 import json
 import math
-import sys
 
 import numpy as np
 import pytest
@@ -10,7 +9,7 @@ import torch
 from mmseg_ros import modalities
 from mmseg_ros.errors import ConfigError, DataError
 from mmseg_ros.evaluation import noise, plots, tables
-from mmseg_ros.evaluation.metrics import NAN_POLICY, ConfusionMatrix, Scores
+from mmseg_ros.evaluation.metrics import NAN_POLICY, ConfusionMatrix
 from mmseg_ros.evaluation.subsets import modality_subsets, parse_subset, subset_code
 
 IGNORE = 255
@@ -446,7 +445,8 @@ def test_mmseg_eval_end_to_end_on_a_tiny_checkpoint(tmp_path, capsys):
     checkpoint = save_checkpoint(model, tmp_path / "tiny.pt")
     out = tmp_path / "out"
     code = cli.main(["eval", "--checkpoint", str(checkpoint), "--data", "synthetic:" + SYNTH_SPEC,
-                     "--cache", str(tmp_path / "cache"), "--subsets", "E,R-D-E-L", "--noise", "--conditions",
+                     "--cache", str(tmp_path / "cache"), "--subsets", "E,R-D-E-L", "--noise", "--noise-on", "L",
+                     "--conditions",
                      "--size", "32", "--max-samples", "2", "--batch-size", "2", "--out", str(out), "--no-progress"])
     assert code == 0
     printed = capsys.readouterr().out
@@ -460,7 +460,8 @@ def test_mmseg_eval_end_to_end_on_a_tiny_checkpoint(tmp_path, capsys):
     assert list(report["subsets"]) == ["E", "R-D-E-L"]
     assert report["full"]["pixels"] <= 2 * 32 * 32
     assert len(report["full"]["confusion"]) == model.num_classes
-    assert len(report["noise"]["settings"]) == 2 * len(model.modalities)
+    assert [(s["noise"], s["modality"]) for s in report["noise"]["settings"]] == [("gaussian", "lidar"),
+                                                                                ("uniform", "lidar")]
     assert sum(e["samples"] for e in report["conditions"].values() if e["kind"] == "condition") == 2
     assert (out / "results.md").read_text().strip() in printed
     for name in ("per_class_iou.png", "confusion.png", "subsets.png"):

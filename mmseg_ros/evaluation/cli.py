@@ -25,8 +25,8 @@ def configure(parser) -> None:
     parser.add_argument("--checkpoint", help="project checkpoint (.pt); default: the card's `checkpoint`")
     parser.add_argument("--card", help="model card name or path; default: the card stored in the checkpoint")
     parser.add_argument("--data", required=True,
-                        help="dataset folder, or synthetic:<spec> to generate scenes, e.g. synthetic:frames=100,seed=100 "
-                             "(keys: see docs/evaluation.md)")
+                        help="dataset folder, or synthetic:<spec> to generate scenes, e.g. "
+                             "synthetic:frames=100,seed=100 (keys: see docs/evaluation.md)")
     parser.add_argument("--dataset", default="deliver", help="loader for a folder: deliver, muses, mcubes")
     parser.add_argument("--cache", help="folder for generated synthetic trees (default ~/.cache/mmseg_ros/synthetic)")
     parser.add_argument("--split", default="val")
@@ -37,6 +37,7 @@ def configure(parser) -> None:
     parser.add_argument("--noise", action="store_true", help="Gaussian and uniform noise on one modality at a time")
     parser.add_argument("--noise-sigma", type=float, default=None, help="Gaussian sigma on 0..255 (paper: 50)")
     parser.add_argument("--noise-range", type=float, default=None, help="uniform half-width on 0..255 (paper: 100)")
+    parser.add_argument("--noise-on", help="modalities to corrupt in turn, e.g. R,D or rgb,depth (default: all trained)")
     parser.add_argument("--conditions", action="store_true", help="split results by condition and failure case")
     parser.add_argument("--size", type=int, nargs="+", metavar="N", help="input size H [W]; default: the card's")
     parser.add_argument("--out", help="output folder (default eval/<model name>); '-' writes nothing")
@@ -76,10 +77,11 @@ def main(args) -> int:
         from . import noise
 
         noises = [noise.make("gaussian", args.noise_sigma), noise.make("uniform", args.noise_range)]
+    noise_on = parse_subset(args.noise_on, trained) if args.noise_on else None
 
     result = evaluate(
         model, dataset, modalities=trained, normalization={m: card.normalization(m) for m in trained},
-        num_classes=card.num_classes, subsets=subsets, noises=noises, conditions=args.conditions,
+        num_classes=card.num_classes, subsets=subsets, noises=noises, noise_on=noise_on, conditions=args.conditions,
         batch_size=args.batch_size, num_workers=args.workers, device=device, precision=args.precision,
         seed=args.seed, progress=not args.no_progress, max_samples=args.max_samples,
     )

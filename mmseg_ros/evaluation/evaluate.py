@@ -164,6 +164,7 @@ def evaluate(
     num_classes: int,
     subsets: Optional[Sequence[Tuple[str, ...]]] = None,
     noises: Sequence[noise_lib.NoiseSpec] = (),
+    noise_on: Optional[Sequence[str]] = None,
     conditions: bool = False,
     batch_size: int = 4,
     num_workers: int = 0,
@@ -176,7 +177,8 @@ def evaluate(
     """Score `model` on `dataset` (model samples with UNIT inputs, e.g. built with `unit_pipeline`).
 
     subsets: modality subsets to run clean (default: only the full trained set; `modality_subsets(modalities)` for
-    the missing-modality table). noises: NoiseSpecs, each applied to every trained modality in turn.
+    the missing-modality table). noises: NoiseSpecs, each applied in turn to every modality of `noise_on`
+    (default: all trained ones) while the others stay clean.
     conditions: also split every clean subset by meta "condition" and "case"."""
     from torch.utils.data import DataLoader, Subset
 
@@ -190,7 +192,10 @@ def evaluate(
             raise ConfigError(f"subset {list(subset)} is not a non-empty subset of the trained {list(trained)}")
     if noises and trained not in subsets:
         subsets.append(trained)  # the noise table's reference row
-    settings = [(spec, m) for spec in noises for m in trained]
+    corrupted = trained if noise_on is None else modality_registry.canonical(noise_on)
+    if any(m not in trained for m in corrupted):
+        raise ConfigError(f"noise_on {list(corrupted)}: only trained modalities {list(trained)} can be corrupted")
+    settings = [(spec, m) for spec in noises for m in corrupted]
     result = EvalResult(num_classes, subsets, settings)
     predictor = Predictor(model, {m: normalization[m] for m in trained}, device, precision)
 
@@ -277,4 +282,5 @@ def to_report(result: EvalResult, class_names: Sequence[str], trained: Sequence[
     )
 
 
-__all__ = ["evaluate", "to_report", "EvalResult", "Predictor", "unit_pipeline", "modality_subsets", "group_order", "ALL"]
+__all__ = ["evaluate", "to_report", "EvalResult", "Predictor", "unit_pipeline", "modality_subsets", "group_order",
+           "ALL"]

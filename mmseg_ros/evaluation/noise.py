@@ -38,7 +38,9 @@ class NoiseSpec:
     @property
     def title(self) -> str:
         """Name used in the tables (the paper calls the uniform noise 'Random')."""
-        return {"gaussian": f"Gaussian (sigma {self.scale:g})", "uniform": f"Uniform [-{self.scale:g}, {self.scale:g}]"}[self.kind]
+        if self.kind == "gaussian":
+            return f"Gaussian (sigma {self.scale:g})"
+        return f"Uniform [-{self.scale:g}, {self.scale:g}]"
 
     def sample(self, shape: Sequence[int], rng: np.random.Generator) -> np.ndarray:
         """float32 noise of `shape` in 0..255 units."""

@@ -53,7 +53,8 @@ def iou_bars(entry: Mapping, class_names: Sequence[str], path, title: str = "Per
     _save(fig, path)
 
 
-def confusion_matrix(matrix, class_names: Sequence[str], path, title: str = "Confusion matrix (row-normalised)") -> None:
+def confusion_matrix(matrix, class_names: Sequence[str], path,
+                     title: str = "Confusion matrix (row-normalised)") -> None:
     """Heat map of counts / label pixels per row (so the diagonal is per-class accuracy); empty rows stay blank."""
     counts = np.asarray(matrix, dtype=np.float64)
     rows = counts.sum(axis=1, keepdims=True)
