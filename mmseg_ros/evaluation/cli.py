@@ -37,7 +37,7 @@ def configure(parser) -> None:
     parser.add_argument("--noise", action="store_true", help="Gaussian and uniform noise on one modality at a time")
     parser.add_argument("--noise-sigma", type=float, default=None, help="Gaussian sigma on 0..255 (paper: 50)")
     parser.add_argument("--noise-range", type=float, default=None, help="uniform half-width on 0..255 (paper: 100)")
-    parser.add_argument("--noise-on", help="modalities to corrupt in turn, e.g. R,D or rgb,depth (default: all trained)")
+    parser.add_argument("--noise-on", help="modalities to corrupt in turn, e.g. R,D or rgb,depth (default: all)")
     parser.add_argument("--conditions", action="store_true", help="split results by condition and failure case")
     parser.add_argument("--size", type=int, nargs="+", metavar="N", help="input size H [W]; default: the card's")
     parser.add_argument("--out", help="output folder (default eval/<model name>); '-' writes nothing")
