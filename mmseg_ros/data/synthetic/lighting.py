@@ -62,7 +62,7 @@ class ShadowMap:
             occluder = np.full(len(points), np.inf)
             occluder[inside] = self.depth[r[inside], c[inside]]
             lit += weight * (dist <= occluder + self.bias)
-        return lit
+        return lit.astype(np.float32)
 
 
 def radiance(hits, surface: Surface, dirs, cond, sun_dir, shadows: ShadowMap | None, ego_pose, lamps) -> np.ndarray:
@@ -73,18 +73,19 @@ def radiance(hits, surface: Surface, dirs, cond, sun_dir, shadows: ShadowMap | N
     out[~hit] = sky(dirs[~hit], cond, sun_dir)
     if hit.any():
         p = hits.points[hit]
-        n = hits.normal[hit].astype(np.float64)
+        n = hits.normal[hit]
         albedo = surface.albedo[hit]
         gloss = surface.gloss[hit][:, None]
-        sky_mean = (np.asarray(cond.sky_top) + np.asarray(cond.sky_horizon)) / 2
-        irradiance = (cond.sky * (0.55 + 0.45 * n[:, 2]))[:, None] * sky_mean / max(sky_mean.mean(), 1e-6)
+        sky_mean = (np.asarray(cond.sky_top, np.float32) + np.asarray(cond.sky_horizon, np.float32)) / 2
+        irradiance = (np.float32(cond.sky) * (0.55 + 0.45 * n[:, 2]))[:, None] * (sky_mean / max(sky_mean.mean(), 1e-6))
         if cond.sun > 0:
-            facing = np.clip(n @ sun_dir, 0.0, None)
+            facing = np.clip(n @ sun_dir.astype(np.float32), 0.0, None)
             visible = shadows.visibility(p) if shadows is not None else 1.0
-            irradiance = irradiance + (cond.sun * facing * visible)[:, None] * SUN_COLOR
+            irradiance = irradiance + (np.float32(cond.sun) * facing * visible)[:, None] * SUN_COLOR
         lights_on = cond.get("lights_on", 0.0)
         if lights_on > 0:
-            irradiance = irradiance + lights_on * (_headlights(p, n, ego_pose, cond) + _lamps(p, n, lamps, cond))
+            irradiance = irradiance + np.float32(lights_on) * (_headlights(p, n, ego_pose, cond)
+                                                               + _lamps(p, n, lamps, cond)).astype(np.float32)
         light = albedo * irradiance * (1 - 0.5 * gloss)
         shiny = gloss[:, 0] > 0
         if shiny.any():
@@ -96,7 +97,7 @@ def radiance(hits, surface: Surface, dirs, cond, sun_dir, shadows: ShadowMap | N
             mirror = view - 2 * cos_view * ns
             mirror[:, 2] = np.abs(mirror[:, 2])  # reflections below the horizon would see the ground: fold them up
             light[shiny] += gloss[shiny] * sky(mirror, cond, sun_dir) * (0.15 + 0.85 * fresnel)
-        light = light + surface.signal[hit] + lights_on * surface.night[hit]
+        light = light + surface.signal[hit] + np.float32(lights_on) * surface.night[hit]
         out[hit] = light
     if cond.fog_m > 0:
         distance = hits.t * np.linalg.norm(dirs, axis=-1)
@@ -112,8 +113,8 @@ def _headlights(p, n, ego_pose, cond):
         v = p - lamp
         dist = np.maximum(np.linalg.norm(v, axis=-1), 0.5)
         v = v / dist[:, None]
-        aim = v @ (forward - np.array([0.0, 0.0, 0.05]))
-        cone = np.clip((aim - 0.9) / 0.07, 0.0, 1.0) ** 2 + 0.005 * np.clip(aim, 0.0, 1.0)
+        aim = v @ (forward - np.array([0.0, 0.0, 0.03]))
+        cone = np.clip((aim - 0.86) / 0.135, 0.0, 1.0) ** 3 + 0.005 * np.clip(aim, 0.0, 1.0)
         total += (cond.headlights * cone * np.clip(-(v * n).sum(-1), 0.0, None) / dist ** 2)[:, None]
     return total * HEADLIGHT_COLOR
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ... import classes
 from ...atomic import atomic_path
+from .scene import class_set
 
 COLUMNS = ("rgb", "depth", "event", "lidar", "labels")
 
@@ -29,7 +29,7 @@ def metric_to_color(metres: np.ndarray, max_m: float, dilate: int = 0) -> np.nda
 
 def frame_row(frame: dict, max_m: float = 65.0) -> np.ndarray:
     """One frame as a row of tiles (H, 5 W, 3) uint8."""
-    palette = classes.load("deliver")
+    palette = class_set()
     size = frame["rgb"].shape[0]
     lidar = metric_to_color(frame["lidar"], max_m, dilate=max(2, size // 128))
     tiles = [frame["rgb"], metric_to_color(frame["depth"], max_m), frame["event"], lidar, palette.colorize(frame["labels"])]

@@ -28,7 +28,7 @@ class PinholeGrid:
         self.pose, self.k = pose, k
         self.shape = (k.height, k.width)
         self.origin = pose.position
-        self.dirs = optical @ pose.rotation.T
+        self.dirs = (optical @ pose.rotation.T).astype(np.float32)
 
     def bounds(self, corners: np.ndarray):
         p, valid = _clip_front(self.pose.to_local(corners), axis=2)  # optical frame, z = depth
@@ -49,7 +49,7 @@ class ScanGrid:
         self.el, self.az = el[:, 0], az[0]
         self.shape = local.shape[:2]
         self.origin = pose.position
-        self.dirs = local @ pose.rotation.T
+        self.dirs = (local @ pose.rotation.T).astype(np.float32)
 
     def bounds(self, corners: np.ndarray):
         # Through a virtual pinhole (a = y/x, b = z/x) the box bound is exact; then azimuth = atan(a) and a beam of

@@ -21,6 +21,7 @@ BLOCK_M = 40.0
 BOX, CYLINDER, ELLIPSOID = 0, 1, 2
 SEED_OFFSET = 2 ** 31  # block indices may be negative; seed sequences need non-negative entries
 SWING_PERIOD_S = 30.0
+SLAB_M = 8.0  # sidewalk slab pieces
 
 
 class Material(IntEnum):
@@ -46,9 +47,14 @@ class Material(IntEnum):
 
 
 @lru_cache(maxsize=None)
+def class_set() -> classes.ClassSet:
+    """The DELIVER class set (read once per process)."""
+    return classes.load("deliver")
+
+
 def label_id(name: str) -> int:
     """DELIVER train id of a class name."""
-    return classes.load("deliver").index(name)
+    return class_set().index(name)
 
 
 @dataclass
@@ -259,8 +265,11 @@ class Street:
 
         for side in (-1.0, 1.0):
             for a, z in spans:
-                b.add(BOX, ((a + z) / 2, side * (hw + sw / 2), lay.curb_h / 2), ((z - a) / 2, sw / 2, lay.curb_h / 2),
-                      "SideWalk", Material.PAVING, (0.62, 0.61, 0.58))
+                # In pieces: a long slab seen at a grazing angle would have a huge bounding rectangle on screen.
+                cuts = np.linspace(a, z, int(np.ceil((z - a) / SLAB_M)) + 1)
+                for c0, c1 in zip(cuts[:-1], cuts[1:]):
+                    b.add(BOX, ((c0 + c1) / 2, side * (hw + sw / 2), lay.curb_h / 2), ((c1 - c0) / 2, sw / 2, lay.curb_h / 2),
+                          "SideWalk", Material.PAVING, (0.62, 0.61, 0.58))
             if crossing is not None:
                 self._cross_street(b, rng, crossing, side)
             self._buildings(b, rng, x0, x1, crossing, side)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .raycast import GROUND, SKY, Hits
+from .raycast import GROUND, Hits
 from .scene import Layout, Material, Solids, label_id
 
 _LATTICE = np.random.default_rng(20240611).random((256, 256)).astype(np.float32)
@@ -77,8 +77,8 @@ def describe(hits: Hits, solids: Solids, layout: Layout, crossings, lit_windows:
             sel = material == m
             where = rows[sel], cols[sel]
             ks = k[sel]
-            p = _Patch(hits.local[where], hits.face[where], solids.half[ks], solids.color[ks], solids.variant[ks],
-                       lit_windows)
+            p = _Patch(hits.local[where], hits.face[where], solids.half[ks], solids.center[ks], solids.color[ks],
+                       solids.variant[ks], lit_windows)
             albedo, gloss, signal, night = _SHADERS[Material(int(m))](p)
             surface.albedo[where] = albedo
             surface.gloss[where] = gloss
@@ -99,6 +99,7 @@ class _Patch:
     p: np.ndarray        # hit point in the solid's frame (relative to its centre)
     face: np.ndarray
     half: np.ndarray
+    center: np.ndarray   # the solid's centre in the world (for textures that continue across pieces)
     color: np.ndarray
     variant: np.ndarray
     lit_windows: float
@@ -137,8 +138,9 @@ def ground_classes(points, layout: Layout, crossings):
     edge = np.abs(ay - (drive_half if layout.parking_w > 0 else layout.road_half - 0.3)) < 0.075
     marking = along & (center | divider | edge | crosswalk | stop)
     label = np.select([marking, road, walk], [label_id("RoadLine"), label_id("Road"), label_id("SideWalk")],
-                      label_id("Terrain"))
-    material = np.select([marking, road, walk], [Material.MARKING, Material.ASPHALT, Material.PAVING], Material.GRASS)
+                      label_id("Terrain")).astype(np.uint8)
+    material = np.select([marking, road, walk], [Material.MARKING, Material.ASPHALT, Material.PAVING],
+                         Material.GRASS).astype(np.int16)
     return label, material, marking & center & layout.two_tone_center
 
 
@@ -154,19 +156,22 @@ def materials(hits: Hits, solids: Solids, layout: Layout, crossings) -> np.ndarr
 
 def _ground(surface, mask, points, layout: Layout, crossings):
     label, material, yellow = ground_classes(points, layout, crossings)
-    x, y = points[:, 0], points[:, 1]
-    grain = fbm(x * 4.0, y * 4.0, 2)
-    patches = noise(x * 0.15 + 40.0, y * 0.15)
-    asphalt = (0.13 + 0.07 * grain + 0.05 * patches)[:, None] * np.array([1.0, 1.0, 1.04], np.float32)
-    wear = 0.75 + 0.25 * noise(x * 3.0, y * 7.0)
-    paint = np.where(yellow[:, None], np.array([0.80, 0.62, 0.10], np.float32), np.array([0.82, 0.82, 0.80], np.float32))
-    paint = paint * wear[:, None] + asphalt * (1 - wear[:, None])
-    grass_n = fbm(x * 2.0, y * 2.0, 3)
-    grass = np.stack([0.16 + 0.12 * grass_n, 0.26 + 0.12 * grass_n, 0.08 + 0.04 * grass_n], -1)
-    paving = (0.5 + 0.1 * grain)[:, None] * np.array([1.0, 0.98, 0.94], np.float32)
-    albedo = np.where((material == Material.ASPHALT)[:, None], asphalt,
-                      np.where((material == Material.MARKING)[:, None], paint,
-                               np.where((material == Material.GRASS)[:, None], grass, paving)))
+    x, y = points[:, 0].astype(np.float32), points[:, 1].astype(np.float32)
+    albedo = np.empty((len(x), 3), np.float32)
+    road = (material == Material.ASPHALT) | (material == Material.MARKING)
+    xr, yr = x[road], y[road]
+    asphalt = (0.13 + 0.07 * fbm(xr * 4.0, yr * 4.0, 2) + 0.05 * noise(xr * 0.15 + 40.0, yr * 0.15))[:, None] \
+        * np.array([1.0, 1.0, 1.04], np.float32)
+    paint_at = material[road] == Material.MARKING
+    wear = (0.75 + 0.25 * noise(xr[paint_at] * 3.0, yr[paint_at] * 7.0))[:, None]
+    paint = np.where(yellow[road][paint_at][:, None], np.float32([0.80, 0.62, 0.10]), np.float32([0.82, 0.82, 0.80]))
+    asphalt[paint_at] = paint * wear + asphalt[paint_at] * (1 - wear)
+    albedo[road] = asphalt
+    grass = material == Material.GRASS
+    g = fbm(x[grass] * 2.0, y[grass] * 2.0, 3)
+    albedo[grass] = np.stack([0.16 + 0.12 * g, 0.26 + 0.12 * g, 0.08 + 0.04 * g], -1)
+    paving = material == Material.PAVING
+    albedo[paving] = (0.5 + 0.1 * noise(x[paving] * 4.0, y[paving] * 4.0))[:, None] * np.float32([1.0, 0.98, 0.94])
     surface.label[mask] = label
     surface.material[mask] = material
     surface.albedo[mask] = albedo
@@ -177,7 +182,7 @@ def _ground(surface, mask, points, layout: Layout, crossings):
 
 def _paving(p: _Patch):
     gloss, signal, night = p.zeros()
-    u, v = p.p[:, 0], p.p[:, 1]
+    u, v = p.p[:, 0] + p.center[:, 0], p.p[:, 1] + p.center[:, 1]  # slabs are axis-aligned: world x, y
     grout = (np.mod(u, 0.6) < 0.03) | (np.mod(v, 0.6) < 0.03)
     tone = 0.85 + 0.15 * fbm(u * 5.0, v * 5.0)
     albedo = p.color * tone[:, None] * np.where(grout, 0.7, 1.0)[:, None]

@@ -19,12 +19,12 @@ from typing import Iterable, List, Sequence, Tuple
 import cv2
 import numpy as np
 
-from ... import classes
 from ...atomic import atomic_open
 from ...errors import ConfigError
 from . import encode
 from .config import CONDITIONS, FAILURES
 from .generator import SceneGenerator
+from .scene import class_set
 
 SPLITS = ("train", "val", "test")
 # folder -> file suffix, in DELIVER's naming
@@ -107,7 +107,7 @@ def frame_paths(root, plan: MapPlan, index: int) -> dict:
 def write_frame(root, plan: MapPlan, frame: dict) -> None:
     meta = frame["meta"]
     paths = frame_paths(root, plan, meta["index"])
-    num_classes = classes.load("deliver").num_classes
+    num_classes = class_set().num_classes
     images = {
         "img": frame["rgb"][..., ::-1],  # OpenCV writes BGR
         "hha": encode.hha(frame["depth"], meta["intrinsics"], meta["ego_from_camera"])[..., ::-1],
