@@ -553,3 +553,14 @@ def test_eval_uses_the_training_data_options():
     assert _options([], {"recipe": "no_such_recipe"}) == {}
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         _options(["depth_source"], {})
+
+
+def test_eval_cli_rejects_bad_arguments_by_name(capsys):
+    from mmseg_ros import cli
+    from mmseg_ros.evaluation.cli import _size
+
+    assert _size(None, (64, 64)) == (64, 64) and _size([96], (64, 64)) == (96, 96) and _size([64, 96], None) == (64, 96)
+    with pytest.raises(ConfigError, match="multiples of 32"):
+        _size([50], (64, 64))
+    assert cli.main(["eval", "--card", "test_tiny_mle_sam", "--data", "x"]) == 1  # the card names no checkpoint
+    assert "--checkpoint is required" in capsys.readouterr().err
