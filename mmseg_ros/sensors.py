@@ -17,8 +17,12 @@ Topics (relative, so `--ros-args -r __ns:=/car` and remaps apply) and encodings:
     gt/labels          sensor_msgs/Image mono8           --gt: DELIVER train ids, 255 = ignore
 
 Timing: every message has a scheduled time in seconds since the start of publishing (its "stamp time", the
-generator's nominal time + jitter); it is published at stamp time + the sensor's latency, on a monotonic schedule
-(no drift), and its header stamp is the node clock at start + stamp time. The start stamp (`t0`) is printed.
+generator's nominal time + jitter, divided by --rate-scale); it is published at stamp time + the sensor's latency,
+on a monotonic schedule (no drift), and its header stamp is the node clock at start (`t0`, printed) + stamp time.
+A message more than LATE_SKIP_S behind schedule (a stalled machine) is skipped and counted rather than sent in a
+burst. `--clock` publishes /clock (simulated time, CLOCK_HZ) and stamps in it: simulated time runs --rate-scale
+times as fast as the wall clock, so a slow model under use_sim_time sees nominal sensor rates; stamp = t0 + stamp
+time x rate-scale. Drop and bad times are always seconds of the schedule (wall clock since the start).
 
 Drop windows `--drop SENSOR@A-B` (repeatable; `B` may be left out for "until the end"; SENSOR is rgb, depth, event,
 lidar or `all`): messages whose stamp time lies in [A, B) are not published. Dropping rgb also drops its
@@ -62,6 +66,8 @@ ENCODINGS = {"rgb": "rgb8", "depth": "32FC1", "event": "rgb8", "lidar": "32FC1",
 METRIC = ("depth", "lidar")  # float metres; `nan` applies to these
 STATUS_PERIOD_S = 1.0
 STAMP_BACKWARDS_NS = 1_000_000_000
+LATE_SKIP_S = 0.5  # a message this far behind schedule (the machine stalled) is skipped, as a real sensor would
+CLOCK_HZ = 100.0
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -290,6 +296,9 @@ def configure(parser):
     parser.add_argument("--gt", action="store_true", help="also publish the ground-truth gt/labels")
     parser.add_argument("--qos", default="sensor_data", choices=QOS_CHOICES,
                         help="sensor_data (best effort, default) or reliable; history depth %d" % QUEUE_DEPTH)
+    parser.add_argument("--clock", action="store_true",
+                        help="publish /clock (simulated time) and stamp in it: with --rate-scale below 1 the sensors "
+                             "keep their nominal rates in simulated time, for nodes run with use_sim_time")
     parser.add_argument("--quiet", action="store_true", help="no progress or status lines (errors still printed)")
     parser.add_argument("--node-name", default="mmseg_sensors")
     parser.set_defaults(_accepts_extra=True)  # --ros-args ... (namespace, remaps)
@@ -351,7 +360,7 @@ def main(args) -> int:
         if args.points:
             log("lidar -> camera extrinsic (row-major, node parameter inputs.lidar_extrinsic): "
                 + str([round(float(v), 6) for v in extrinsic.ravel()]))
-        return _publish_loop(node, publishers, slots, period, drops, bads, args, stop, log)
+        return _Player(node, publishers, slots, period, drops, bads, args, stop, log).run()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -390,63 +399,120 @@ def create_publishers(node, keys, qos_name: str) -> dict:
     return publishers
 
 
-def _publish_loop(node, publishers, slots, period, drops, bads, args, stop, log) -> int:
-    sent = {key: 0 for key in publishers}
-    dropped = {key: 0 for key in publishers}
-    last_stamp: Dict[str, int] = {}
-    pending = list(bads)
-    late_ms = []
-    start_ns = node.get_clock().now().nanoseconds
-    start = time.monotonic()
-    log(f"publishing; t0={start_ns // 10**9}.{start_ns % 10**9:09d} (stamp of schedule time 0); loop of "
-        f"{period:.2f} s" + (f"; drops {', '.join(map(str, drops))}" if drops else "")
-        + (f"; bad {', '.join(map(str, bads))}" if bads else ""))
-    next_status, status_counts = STATUS_PERIOD_S, dict(sent)
-    loop = 0
-    while not stop.is_set():
-        for slot in slots:
-            due = loop * period + slot.publish_s
-            if args.duration and due >= args.duration:
-                stop.set()
-                break
-            while due >= next_status:  # status lines fall between messages, on their own schedule
-                if stop.wait(max(0.0, start + next_status - time.monotonic())):
-                    break
-                if not args.quiet:
-                    _status(next_status, sent, status_counts, dropped, drops, late_ms, log)
-                status_counts, late_ms = dict(sent), []
-                next_status += STATUS_PERIOD_S
-            if stop.wait(max(0.0, start + due - time.monotonic())):
-                break
-            t = loop * period + slot.stamp_s
-            if slot.sensor and any(d.covers(slot.sensor, t) for d in drops):
-                dropped[slot.key] += 1
-                continue
-            stamp_ns = start_ns + int(round(t * 1e9))
-            message = slot.message
-            if pending and slot.key == slot.sensor and pending[0].at <= t:
-                bad = next((b for b in pending if b.sensor == slot.sensor and b.at <= t), None)
-                if bad is not None:
-                    pending.remove(bad)
-                    message, stamp_ns = bad_variant(slot, bad.kind, last_stamp.get(slot.key), stamp_ns, ros=True)
-                    print(f"mmseg sensors: bad {bad} t={t:.3f} stamp={stamp_ns // 10**9}.{stamp_ns % 10**9:09d}",
-                          flush=True)
-            message.header.stamp.sec, message.header.stamp.nanosec = divmod(stamp_ns, 10**9)
-            publishers[slot.key].publish(message)
-            late_ms.append((time.monotonic() - start - due) * 1e3)
-            last_stamp[slot.key] = stamp_ns
-            sent[slot.key] += 1
-        loop += 1
-    log(f"stopped after {time.monotonic() - start:.1f} s; sent " + ", ".join(f"{k} {v}" for k, v in sent.items())
-        + ("; dropped " + ", ".join(f"{k} {v}" for k, v in dropped.items() if v) if any(dropped.values()) else ""))
-    return 0
+class _Player:
+    """Publishes the slots on their monotonic schedule, loop after loop, applying drop windows and bad messages."""
+
+    def __init__(self, node, publishers, slots, period, drops, bads, args, stop, log):
+        self.node, self.publishers, self.slots, self.period = node, publishers, slots, period
+        self.drops, self.pending, self.args, self.stop, self.log = drops, list(bads), args, stop, log
+        self.sent = {key: 0 for key in publishers}
+        self.dropped = dict.fromkeys(publishers, 0)
+        self.skipped = dict.fromkeys(publishers, 0)  # more than LATE_SKIP_S behind schedule: left out, not bursted
+        self.last_stamp: Dict[str, int] = {}
+        self.late_ms: List[float] = []
+        # With --clock, stamps and /clock run in simulated time: nominal sensor rates whatever --rate-scale is.
+        self.time_scale = args.rate_scale if args.clock else 1.0
+        self.clock_publisher = None
+        if args.clock:
+            from rosgraph_msgs.msg import Clock
+
+            self.clock_publisher = node.create_publisher(Clock, "/clock", 10)
+        self.origin_ns = node.get_clock().now().nanoseconds
+        self.start = time.monotonic()
+
+    def stamp_ns(self, t: float) -> int:
+        return self.origin_ns + int(round(t * self.time_scale * 1e9))
+
+    def run(self) -> int:
+        args = self.args
+        self.log(f"publishing; t0={_seconds(self.origin_ns)} (stamp of schedule time 0); loop of {self.period:.2f} s"
+                 + (f"; drops {', '.join(map(str, self.drops))}" if self.drops else "")
+                 + (f"; bad {', '.join(map(str, self.pending))}" if self.pending else "")
+                 + ("; /clock at %g Hz, %g x real time" % (CLOCK_HZ, self.time_scale) if args.clock else ""))
+        clock = threading.Thread(target=self._clock, daemon=True) if args.clock else None
+        if clock is not None:
+            clock.start()
+        try:
+            self._loop()
+        finally:
+            self.stop.set()
+            if clock is not None:
+                clock.join()
+        self.log(f"stopped after {time.monotonic() - self.start:.1f} s; sent {_counts(self.sent)}"
+                 + (f"; dropped {_counts(self.dropped)}" if any(self.dropped.values()) else "")
+                 + (f"; skipped late {_counts(self.skipped)}" if any(self.skipped.values()) else ""))
+        return 0
+
+    def _loop(self) -> None:
+        next_status, before = STATUS_PERIOD_S, dict(self.sent)
+        loop = 0
+        while True:
+            for slot in self.slots:
+                due = loop * self.period + slot.publish_s
+                if self.args.duration and due >= self.args.duration:
+                    return
+                while due >= next_status:  # status lines fall between messages, on their own schedule
+                    if self.stop.wait(max(0.0, self.start + next_status - time.monotonic())):
+                        return
+                    if not self.args.quiet:
+                        self._status(next_status, before)
+                    before, self.late_ms = dict(self.sent), []
+                    next_status += STATUS_PERIOD_S
+                if self.stop.wait(max(0.0, self.start + due - time.monotonic())):
+                    return
+                self._publish(slot, loop * self.period + slot.stamp_s, due)
+            loop += 1
+
+    def _publish(self, slot: Slot, t: float, due: float) -> None:
+        if slot.sensor and any(d.covers(slot.sensor, t) for d in self.drops):
+            self.dropped[slot.key] += 1
+            return
+        if time.monotonic() - self.start - due > LATE_SKIP_S:
+            self.skipped[slot.key] += 1
+            return
+        stamp_ns = self.stamp_ns(t)
+        message = slot.message
+        bad = self._take_bad(slot, t)
+        if bad is not None:
+            message, stamp_ns = bad_variant(slot, bad.kind, self.last_stamp.get(slot.key), stamp_ns, ros=True)
+            print(f"mmseg sensors: bad {bad} t={t:.3f} stamp={_seconds(stamp_ns)}", flush=True)
+        message.header.stamp.sec, message.header.stamp.nanosec = divmod(stamp_ns, 10**9)
+        self.publishers[slot.key].publish(message)
+        self.late_ms.append((time.monotonic() - self.start - due) * 1e3)
+        self.last_stamp[slot.key] = stamp_ns
+        self.sent[slot.key] += 1
+
+    def _take_bad(self, slot: Slot, t: float) -> Optional[BadMessage]:
+        if not self.pending or slot.key != slot.sensor or self.pending[0].at > t:  # pending is sorted by time
+            return None
+        bad = next((b for b in self.pending if b.sensor == slot.sensor and b.at <= t), None)
+        if bad is not None:
+            self.pending.remove(bad)
+        return bad
+
+    def _clock(self) -> None:
+        from rosgraph_msgs.msg import Clock
+
+        message = Clock()
+        while not self.stop.wait(1.0 / CLOCK_HZ):
+            elapsed = time.monotonic() - self.start
+            message.clock.sec, message.clock.nanosec = divmod(self.stamp_ns(elapsed), 10**9)
+            self.clock_publisher.publish(message)
+
+    def _status(self, t: float, before: dict) -> None:
+        rates = ", ".join(f"{k} {(self.sent[k] - before[k]) / STATUS_PERIOD_S:.0f}/s" for k in self.sent)
+        active = sorted({d.sensor for d in self.drops if d.start <= t < d.end})
+        late = (f"late p50 {np.median(self.late_ms):.1f} max {max(self.late_ms):.1f} ms" if self.late_ms
+                else "nothing sent")
+        self.log(f"t={t:.0f}s {rates}; {late}" + (f"; dropping {', '.join(active)}" if active else ""))
 
 
-def _status(t, sent, before, dropped, drops, late_ms, log) -> None:
-    rates = ", ".join(f"{k} {(sent[k] - before[k]) / STATUS_PERIOD_S:.0f}/s" for k in sent)
-    active = sorted({d.sensor for d in drops if d.start <= t < d.end})
-    late = f"late p50 {np.median(late_ms):.1f} max {max(late_ms):.1f} ms" if late_ms else "idle"
-    log(f"t={t:.0f}s {rates}; {late}" + (f"; dropping {', '.join(active)}" if active else ""))
+def _seconds(ns: int) -> str:
+    return f"{ns // 10**9}.{ns % 10**9:09d}"
+
+
+def _counts(counts: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counts.items() if v)
 
 
 if __name__ == "__main__":  # python -m mmseg_ros.sensors ...

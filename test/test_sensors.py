@@ -124,7 +124,7 @@ def test_bad_variants_are_what_the_doc_says(frames):
 class Listener:
     """A real rclpy subscriber on every sensors topic, in its own context, spinning in a thread."""
 
-    def __init__(self, keys, reliable: bool):
+    def __init__(self, keys, reliable: bool, clock: bool = False):
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -138,14 +138,25 @@ class Listener:
         qos = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT)
         names = sensors.topics()
         self.received = {key: [] for key in keys}
+        self.arrivals = {key: [] for key in keys}  # time.monotonic() at each callback
         for key in keys:
             package, _, type_name = bag.TOPICS[key][1].split("/")
             msg_type = getattr(importlib.import_module(f"{package}.msg"), type_name)
-            self.node.create_subscription(msg_type, names[key], lambda m, k=key: self.received[k].append(m), qos)
+            self.node.create_subscription(msg_type, names[key], lambda m, k=key: self._take(k, m), qos)
+        self.clock = []  # (/clock ns, time.monotonic())
+        if clock:
+            from rosgraph_msgs.msg import Clock
+
+            self.node.create_subscription(
+                Clock, "/clock", lambda m: self.clock.append((_stamp_ns(m.clock), time.monotonic())), 10)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self.thread = threading.Thread(target=self.executor.spin, daemon=True)
         self.thread.start()
+
+    def _take(self, key, msg):
+        self.received[key].append(msg)
+        self.arrivals[key].append(time.monotonic())
 
     def close(self):
         import rclpy
@@ -162,8 +173,10 @@ def _start(*options) -> subprocess.Popen:
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _stamp_ns(msg) -> int:
-    return msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+def _stamp_ns(msg_or_time) -> int:
+    stamp = getattr(msg_or_time, "header", None)
+    stamp = stamp.stamp if stamp is not None else msg_or_time
+    return stamp.sec * 10**9 + stamp.nanosec
 
 
 def _seconds(text: str) -> int:
@@ -234,14 +247,15 @@ def test_publishes_rates_encodings_drops_and_bad_messages():
 
 
 @needs_ros
-def test_sigint_ends_the_default_best_effort_publisher_with_exit_0_within_2_s():
-    listener = Listener(sensors.used_keys(points=False, gt=False), reliable=False)
+def test_sigint_ends_the_default_best_effort_publisher_with_exit_0_within_2_s_and_clock_runs_scaled():
+    listener = Listener(sensors.used_keys(points=False, gt=False), reliable=False, clock=True)
+    rate_scale = 0.5
     try:
-        proc = _start("--frames", "1")
+        proc = _start("--frames", "1", "--clock", "--rate-scale", str(rate_scale))
         deadline = time.monotonic() + 45
-        while len(listener.received["rgb"]) < 5 and proc.poll() is None and time.monotonic() < deadline:
+        while len(listener.received["rgb"]) < 8 and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert len(listener.received["rgb"]) >= 5, "nothing arrived over sensor-data QoS"
+        assert len(listener.received["rgb"]) >= 8, "nothing arrived over sensor-data QoS"
         assert all(listener.received[k] for k in listener.received), {k: len(v) for k, v in listener.received.items()}
         proc.send_signal(signal.SIGINT)
         sent = time.monotonic()
@@ -256,3 +270,15 @@ def test_sigint_ends_the_default_best_effort_publisher_with_exit_0_within_2_s():
     assert proc.returncode == 0, out
     assert elapsed < 2.0, f"took {elapsed:.2f} s to exit"
     assert "stopped after" in out and "Traceback" not in out
+
+    # --clock: simulated time runs at rate_scale x the wall clock; stamps keep the nominal camera period in it,
+    # while messages arrive rate_scale times slower in wall time.
+    clock = np.array(listener.clock, dtype=np.float64)
+    assert len(clock) > 50 and (np.diff(clock[:, 0]) >= 0).all()
+    speed = (clock[-1, 0] - clock[0, 0]) / 1e9 / (clock[-1, 1] - clock[0, 1])
+    assert speed == pytest.approx(rate_scale, rel=0.1)
+    stamps = np.array([_stamp_ns(m) for m in listener.received["rgb"]]) / 1e9
+    assert np.median(np.diff(stamps)) == pytest.approx(1 / RIG.rates.camera_hz, rel=0.05)
+    wall = np.diff(listener.arrivals["rgb"])
+    assert np.median(wall) == pytest.approx(1 / RIG.rates.camera_hz / rate_scale, rel=0.25)
+    assert stamps.max() * 1e9 <= clock[:, 0].max() + 0.1e9  # stamps are simulated time, not wall time
