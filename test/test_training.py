@@ -320,6 +320,20 @@ def test_metrics_log_and_plots(straight_run):
     assert config.load(run_dir / "recipe.yaml").name == "test_tiny"
 
 
+def test_exported_checkpoints_load_with_the_project_loader(straight_run):
+    from mmseg_ros.nn.checkpoint import load_checkpoint, read_checkpoint
+
+    _, run_dir = straight_run
+    state = checkpoints.load_state(run_dir / checkpoints.LATEST)
+    model = load_checkpoint(run_dir / "final.pt")
+    for name, tensor in model.trainable_state_dict().items():
+        assert torch.equal(tensor, state["model"][name]), name
+    best = read_checkpoint(run_dir / "best.pt")["meta"]
+    val = [r for r in _records(run_dir) if r["kind"] == "val"]
+    assert best["val_miou"] == max(r["miou"] for r in val) == state["progress"]["best_miou"]
+    assert best["recipe"]["name"] == "test_tiny"  # mmseg eval reads the loader options from here
+
+
 def test_resume_refuses_other_frozen_weights_and_foreign_files(tmp_path, straight_run, one_thread):
     from mmseg_ros.training import run
 
@@ -333,6 +347,25 @@ def test_resume_refuses_other_frozen_weights_and_foreign_files(tmp_path, straigh
         checkpoints.load_state(torn)
     with pytest.raises(ConfigError, match="already holds a run"):
         run.run(config.load(recipe_path), run_dir, device="cpu")
+
+
+def test_memory_sam_resumes_exactly_from_an_epoch_checkpoint(tmp_path, one_thread):
+    """MemorySAM carries trained buffers (SPMM's global prototypes): they must come back too."""
+    from mmseg_ros.training import run
+
+    path = write_recipe(tmp_path / "r.yaml", write_tiny_deliver(tmp_path / "deliver", {"train": 2}),
+                        data={"val_split": None}, schedule={"epochs": 2, "warmup_epochs": 1},
+                        checkpoint={"every_iters": 100, "keep_every_epochs": 1})
+    recipe = config.load(path, ["model=test_tiny_memory_sam"])
+    straight, _ = run.run(recipe, tmp_path / "a", device="cpu")
+    resumed, progress = run.run(recipe, tmp_path / "b", resume=tmp_path / "a" / checkpoints.epoch_name(1),
+                                device="cpu")
+    assert progress.iteration == 2
+    expected = straight.trainable_state_dict()
+    buffers = straight.trained_buffer_names()
+    assert buffers and all(name in expected for name in buffers)
+    for name, tensor in resumed.trainable_state_dict().items():
+        assert torch.allclose(tensor, expected[name], rtol=1e-5, atol=1e-7), name
 
 
 TORCHRUN_SCRIPT = """

@@ -205,7 +205,8 @@ class Trainer:
         if self.export is None or not self.ctx.is_main:
             return
         p = self.progress
-        meta = {"recipe": self.recipe.name, "epoch": p.epoch, "iteration": p.iteration, **extra}
+        meta = {"recipe": self.recipe.to_dict(), "data_options": dict(self.recipe.data.options), "epoch": p.epoch,
+                "iteration": p.iteration, **extra}
         self.export(self.module, self.out_dir / name, meta)
 
     def _resume(self, path) -> None:
