@@ -21,6 +21,7 @@ def atomic_path(path, suffix: str = ""):
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".tmp-{dest.name}-", suffix=suffix, dir=dest.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results should be as readable as any open() file
     try:
         yield Path(tmp)
         _fsync_file(tmp)
@@ -41,6 +42,12 @@ def atomic_open(path, mode: str = "wb"):
         with open(tmp, mode) as f:
             yield f
             f.flush()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_file(path) -> None:
