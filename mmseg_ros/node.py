@@ -17,12 +17,14 @@ undo that. SIGINT/SIGTERM end the node with exit code 0; a bad configuration log
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
+import os
 import sys
 import threading
 import warnings
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, NoReturn, Optional
 
 import numpy as np
 
@@ -44,16 +46,25 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(_accepts_extra=True)  # `mmseg node` passes --ros-args ... through to rclpy
 
 
-def main(args=None) -> int:
-    """`segment_node` (args None: sys.argv) and `mmseg node` (args: the parsed namespace)."""
+def main(args=None) -> NoReturn:
+    """`segment_node` (args None: sys.argv) and `mmseg node` (args: the parsed namespace). Ends the process."""
     if isinstance(args, argparse.Namespace):
-        return run(args.lifecycle, ["mmseg node", *args.extra])
+        _exit(run(args.lifecycle, ["mmseg node", *args.extra]))
     argv = list(sys.argv if args is None else args)
     cut = argv.index("--ros-args") if "--ros-args" in argv else len(argv)
     parser = argparse.ArgumentParser(prog=NODE_NAME, description=__doc__.splitlines()[0])
     configure(parser)
     ours = parser.parse_args(argv[1:cut])
-    return run(ours.lifecycle, [argv[0] if argv else NODE_NAME, *argv[cut:]])
+    _exit(run(ours.lifecycle, [argv[0] if argv else NODE_NAME, *argv[cut:]]))
+
+
+def _exit(code: int) -> None:
+    """Leave right after the orderly ROS shutdown in `run`: exit handlers run (logs flushed), but Python's
+    finalisation of torch and the DDS libraries, which takes seconds on a busy machine, is skipped."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    atexit._run_exitfuncs()
+    os._exit(code)
 
 
 def run(lifecycle: bool, ros_argv: List[str]) -> int:
@@ -165,13 +176,12 @@ def _node_class(lifecycle: bool):
 
 @dataclass(frozen=True)
 class Frame:
-    """What a callback hands to the synchronizer: the decoded image (None for a LiDAR cloud, projected only if its
-    set is processed) and the message header."""
+    """What a callback hands to the synchronizer: the message header and the decoded image, or for a LiDAR cloud its
+    points (projected only if its set is processed: superseded sets cost nothing)."""
 
     header: Any
     image: Optional[np.ndarray] = None
     points: Optional[np.ndarray] = None
-    camera: Optional[msgs.Camera] = None
 
 
 class SegmentPipeline:
@@ -362,10 +372,7 @@ class SegmentPipeline:
         now = self._now()
         try:
             stamp = stamp_to_ns(msg.header.stamp)
-            if self._camera is None:
-                raise MessageError(f"{LIDAR}: no CameraInfo received on {node_config.camera_info_topic()} yet; "
-                                   "cannot project the points")
-            frame = Frame(msg.header, points=msgs.pointcloud_to_numpy(msg), camera=self._camera)
+            frame = Frame(msg.header, points=msgs.pointcloud_to_numpy(msg))  # checked now, projected if used
         except MessageError as exc:
             self._bad_input(LIDAR, str(exc), now)
             return
@@ -435,7 +442,7 @@ class SegmentPipeline:
         for name in (sset.anchor, *(n for n in sset.messages if n != sset.anchor)):  # anchor first: it sets the size
             frame: Frame = sset.messages[name].payload
             try:
-                image = frame.image if frame.image is not None else _project(frame, cfg.lidar_extrinsic)
+                image = frame.image if frame.image is not None else self._project(frame.points)
                 if anchor_size is None:
                     anchor_size = node_core.size_of(image)
                 elif not cfg.allow_size_mismatch:
@@ -469,6 +476,13 @@ class SegmentPipeline:
         self._model_ms.add(result.timing["total"])
         self._last_used, self._last_output_ns = result.modalities, done
         self._router = node_core.router_summary(result.router_weights)
+
+    def _project(self, points: np.ndarray) -> np.ndarray:
+        camera = self._camera  # the newest CameraInfo: clouds may arrive before the first one
+        if camera is None:
+            raise MessageError(f"{LIDAR}: no CameraInfo received on {node_config.camera_info_topic()}; cannot "
+                               "project the points")
+        return msgs.project_points(msgs.pointcloud_xyz(points), camera, self.config.lidar_extrinsic)
 
     # -- diagnostics (executor thread) ----------------------------------------------------------------------------
 
@@ -504,10 +518,6 @@ class SegmentPipeline:
                 level=bytes([s.level]), name=s.name, message=s.message, hardware_id=s.hardware_id,
                 values=[KeyValue(key=k, value=v) for k, v in s.values]))
         publisher.publish(array)
-
-
-def _project(frame: Frame, extrinsic) -> np.ndarray:
-    return msgs.project_points(msgs.pointcloud_xyz(frame.points), frame.camera, extrinsic)
 
 
 # -- parameter declaration ----------------------------------------------------------------------------------------
