@@ -68,6 +68,7 @@ STATUS_PERIOD_S = 1.0
 STAMP_BACKWARDS_NS = 1_000_000_000
 LATE_SKIP_S = 0.5  # a message this far behind schedule (the machine stalled) is skipped, as a real sensor would
 CLOCK_HZ = 100.0
+SETTLE_S = 0.3
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -140,13 +141,15 @@ def parse_drop(text: str) -> DropWindow:
 def parse_bad(text: str) -> BadMessage:
     match = _BAD.fullmatch(text.strip())
     if not match:
-        raise ConfigError(f"--bad {text!r}: expected SENSOR:KIND@SECONDS, e.g. depth:nan@3; kinds: {', '.join(BAD_KINDS)}")
+        raise ConfigError(f"--bad {text!r}: expected SENSOR:KIND@SECONDS, e.g. depth:nan@3; "
+                          f"kinds: {', '.join(BAD_KINDS)}")
     sensor = _sensor_name(match.group(1), f"--bad {text!r}", allow_all=False)
     kind = match.group(2)
     if kind not in BAD_KINDS:
         raise ConfigError(f"--bad {text!r}: unknown kind {kind!r}; kinds: {', '.join(BAD_KINDS)}")
     if kind == "nan" and sensor not in METRIC:
-        raise ConfigError(f"--bad {text!r}: kind 'nan' needs a float image sensor ({', '.join(METRIC)}), not {sensor!r}")
+        raise ConfigError(f"--bad {text!r}: kind 'nan' needs a float image sensor ({', '.join(METRIC)}), "
+                          f"not {sensor!r}")
     return BadMessage(sensor, kind, float(match.group(3)))
 
 
@@ -278,7 +281,8 @@ def configure(parser):
 
     parser.add_argument("--size", type=int, default=256, help="image height and width in px (default 256)")
     parser.add_argument("--rate-scale", type=float, default=1.0,
-                        help="multiply every sensor rate (0.5 = half speed; stamps follow the wall clock)")
+                        help="multiply every sensor rate (0.5 = half speed; stamps follow the wall clock unless "
+                             "--clock)")
     parser.add_argument("--seed", type=int, default=0, help="scene seed (default 0)")
     parser.add_argument("--condition", default="sun", choices=config.CONDITIONS)
     parser.add_argument("--failure", default=None, choices=config.FAILURES, help="a sensor failure case")
@@ -299,9 +303,18 @@ def configure(parser):
     parser.add_argument("--clock", action="store_true",
                         help="publish /clock (simulated time) and stamp in it: with --rate-scale below 1 the sensors "
                              "keep their nominal rates in simulated time, for nodes run with use_sim_time")
+    parser.add_argument("--wait-subscribers", type=float, default=0.0, metavar="S",
+                        help="before publishing, wait up to S seconds until every topic has a subscriber "
+                             "(default 0 = start at once)")
     parser.add_argument("--quiet", action="store_true", help="no progress or status lines (errors still printed)")
     parser.add_argument("--node-name", default="mmseg_sensors")
     parser.set_defaults(_accepts_extra=True)  # --ros-args ... (namespace, remaps)
+    parser.epilog = (
+        "Bad kinds: encoding = same pixels, encoding '%s'; truncated = data cut to half; size = half height and "
+        "width; nan = every pixel NaN (depth, lidar); stamp = stamp 1 s before the previous one on that topic. "
+        "Times are seconds since publishing started; the stamp of time 0 is printed as t0=SEC.NSEC and each "
+        "injection as 'bad SENSOR:KIND@T t=... stamp=SEC.NSEC'. ROS arguments (namespace, remaps) go after "
+        "--ros-args." % BAD_ENCODING)
 
 
 def _check(args) -> None:
@@ -311,6 +324,8 @@ def _check(args) -> None:
         raise ConfigError(f"--rate-scale must be a positive number, got {args.rate_scale}")
     if args.duration < 0:
         raise ConfigError(f"--duration must be >= 0, got {args.duration}")
+    if args.wait_subscribers < 0:
+        raise ConfigError(f"--wait-subscribers must be >= 0, got {args.wait_subscribers}")
     extra = list(getattr(args, "extra", []) or [])
     if extra and extra[0] != "--ros-args":
         raise ConfigError(f"unrecognized arguments: {' '.join(extra)} (ROS arguments go after --ros-args)")
@@ -357,6 +372,8 @@ def main(args) -> int:
         del frames
         for key in publishers:  # the first serialisation of a type is slow (SPEC §3): not inside the schedule
             serialize_message(next(s.message for s in slots if s.key == key))
+        if args.wait_subscribers and not _wait_for_subscribers(publishers, args.wait_subscribers, stop, log):
+            return 0
         if args.points:
             log("lidar -> camera extrinsic (row-major, node parameter inputs.lidar_extrinsic): "
                 + str([round(float(v), 6) for v in extrinsic.ravel()]))
@@ -367,6 +384,19 @@ def main(args) -> int:
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
+
+
+def _wait_for_subscribers(publishers: dict, timeout: float, stop, log) -> bool:
+    """Wait until every publisher has matched a subscriber (or `timeout` s); False if stopped meanwhile."""
+    deadline = time.monotonic() + timeout
+    missing = list(publishers)
+    while missing and time.monotonic() < deadline and not stop.is_set():
+        missing = [k for k, p in publishers.items() if p.get_subscription_count() < 1]
+        stop.wait(0.05)
+    if missing:
+        log(f"no subscriber after {timeout:g} s on: {', '.join(publishers[k].topic_name for k in missing)}")
+    # The subscriber side finishes matching this writer a moment after the writer sees it.
+    return not stop.wait(SETTLE_S)
 
 
 def used_keys(points: bool, gt: bool) -> tuple:

@@ -135,7 +135,8 @@ class Listener:
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
         self.node = rclpy.create_node("sensors_test_listener", context=self.context)
-        qos = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT)
+        reliability = ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT
+        qos = QoSProfile(depth=200, reliability=reliability)
         names = sensors.topics()
         self.received = {key: [] for key in keys}
         self.arrivals = {key: [] for key in keys}  # time.monotonic() at each callback
@@ -191,6 +192,7 @@ def test_publishes_rates_encodings_drops_and_bad_messages():
     duration = 3.5
     try:
         proc = _start("--frames", "3", "--duration", str(duration), "--qos", "reliable", "--points", "--gt",
+                      "--wait-subscribers", "20",
                       "--drop", "depth@1-2", "--bad", "rgb:encoding@0.5", "--bad", "event:truncated@0.5",
                       "--bad", "lidar:size@0.5", "--bad", "depth:nan@0.5", "--bad", "rgb:stamp@2.5")
         out, _ = proc.communicate(timeout=60)
