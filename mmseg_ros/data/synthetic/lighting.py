@@ -46,64 +46,60 @@ class ShadowMap:
 
     def __init__(self, solids, center, sun_dir: np.ndarray, extent_m: float = 140.0, resolution: int = 192):
         self.grid = OrthoGrid(center, -sun_dir, extent_m, resolution)
-        self.depth = cast(self.grid, solids, ground=True).t
+        self.depth = cast(self.grid, solids, ground=True, surface=False).t
         self.bias = 0.3 + self.grid.cell
 
     def visibility(self, points: np.ndarray) -> np.ndarray:
         """Share of sunlight reaching each point (bilinear percentage-closer filtering)."""
         rows, cols, dist = self.grid.coords(points)
         h, w = self.depth.shape
-        r0, c0 = np.floor(rows).astype(int), np.floor(cols).astype(int)
-        fr, fc = rows - r0, cols - c0
+        # A border of "nothing in the way" lets every tap index the map without masks.
+        padded = np.pad(self.depth, ((1, 2), (1, 2)), constant_values=np.inf)
+        r0 = np.clip(np.floor(rows), -1, h).astype(np.int64)
+        c0 = np.clip(np.floor(cols), -1, w).astype(np.int64)
+        fr = np.clip(rows - r0, 0.0, 1.0).astype(np.float32)
+        fc = np.clip(cols - c0, 0.0, 1.0).astype(np.float32)
+        reach = dist - self.bias
         lit = np.zeros(len(points), np.float32)
         for dr, dc, weight in ((0, 0, (1 - fr) * (1 - fc)), (0, 1, (1 - fr) * fc), (1, 0, fr * (1 - fc)), (1, 1, fr * fc)):
-            r, c = r0 + dr, c0 + dc
-            inside = (r >= 0) & (r < h) & (c >= 0) & (c < w)
-            occluder = np.full(len(points), np.inf)
-            occluder[inside] = self.depth[r[inside], c[inside]]
-            lit += weight * (dist <= occluder + self.bias)
-        return lit.astype(np.float32)
+            lit += weight * (reach <= padded[r0 + 1 + dr, c0 + 1 + dc])
+        return lit
 
 
 def radiance(hits, surface: Surface, dirs, cond, sun_dir, shadows: ShadowMap | None, ego_pose, lamps) -> np.ndarray:
-    """Linear radiance (H, W, 3) toward the camera, fog included."""
-    shape = hits.t.shape
+    """Linear radiance (H, W, 3) toward the camera, fog included. Computed on whole images (cheaper than gathering
+    the hit pixels); sky pixels are overwritten at the end."""
     hit = np.isfinite(hits.t)
-    out = np.zeros(shape + (3,), np.float32)
+    n = hits.normal
+    sky_mean = (np.asarray(cond.sky_top, np.float32) + np.asarray(cond.sky_horizon, np.float32)) / 2
+    irradiance = (np.float32(cond.sky) * (0.55 + 0.45 * n[..., 2]))[..., None] * (sky_mean / max(sky_mean.mean(), 1e-6))
+    if cond.sun > 0:
+        facing = np.clip(n @ sun_dir.astype(np.float32), 0.0, None)
+        if shadows is not None:
+            facing[hit] *= shadows.visibility(hits.points[hit])
+        irradiance += (np.float32(cond.sun) * facing)[..., None] * SUN_COLOR
+    lights_on = np.float32(cond.get("lights_on", 0.0))
+    if lights_on > 0:
+        p, nh = hits.points[hit], n[hit]
+        irradiance[hit] += lights_on * (_headlights(p, nh, ego_pose, cond) + _lamps(p, nh, lamps, cond)).astype(np.float32)
+    gloss = surface.gloss
+    out = surface.albedo * irradiance * (1 - 0.5 * gloss)[..., None] + surface.signal + lights_on * surface.night
+    shiny = hit & (gloss > 0)
+    if shiny.any():
+        view = dirs[shiny]
+        view = view / np.linalg.norm(view, axis=-1, keepdims=True)
+        ns = n[shiny]
+        cos_view = (view * ns).sum(-1, keepdims=True)
+        fresnel = 0.04 + 0.96 * (1 - np.abs(cos_view)) ** 5
+        mirror = view - 2 * cos_view * ns
+        mirror[:, 2] = np.abs(mirror[:, 2])  # reflections below the horizon would see the ground: fold them up
+        out[shiny] += gloss[shiny][:, None] * sky(mirror, cond, sun_dir) * (0.15 + 0.85 * fresnel)
     out[~hit] = sky(dirs[~hit], cond, sun_dir)
-    if hit.any():
-        p = hits.points[hit]
-        n = hits.normal[hit]
-        albedo = surface.albedo[hit]
-        gloss = surface.gloss[hit][:, None]
-        sky_mean = (np.asarray(cond.sky_top, np.float32) + np.asarray(cond.sky_horizon, np.float32)) / 2
-        irradiance = (np.float32(cond.sky) * (0.55 + 0.45 * n[:, 2]))[:, None] * (sky_mean / max(sky_mean.mean(), 1e-6))
-        if cond.sun > 0:
-            facing = np.clip(n @ sun_dir.astype(np.float32), 0.0, None)
-            visible = shadows.visibility(p) if shadows is not None else 1.0
-            irradiance = irradiance + (np.float32(cond.sun) * facing * visible)[:, None] * SUN_COLOR
-        lights_on = cond.get("lights_on", 0.0)
-        if lights_on > 0:
-            irradiance = irradiance + np.float32(lights_on) * (_headlights(p, n, ego_pose, cond)
-                                                               + _lamps(p, n, lamps, cond)).astype(np.float32)
-        light = albedo * irradiance * (1 - 0.5 * gloss)
-        shiny = gloss[:, 0] > 0
-        if shiny.any():
-            view = dirs[hit][shiny]
-            view = view / np.linalg.norm(view, axis=-1, keepdims=True)
-            ns = n[shiny]
-            cos_view = (view * ns).sum(-1, keepdims=True)
-            fresnel = 0.04 + 0.96 * (1 - np.abs(cos_view)) ** 5
-            mirror = view - 2 * cos_view * ns
-            mirror[:, 2] = np.abs(mirror[:, 2])  # reflections below the horizon would see the ground: fold them up
-            light[shiny] += gloss[shiny] * sky(mirror, cond, sun_dir) * (0.15 + 0.85 * fresnel)
-        light = light + surface.signal[hit] + np.float32(lights_on) * surface.night[hit]
-        out[hit] = light
     if cond.fog_m > 0:
-        distance = hits.t * np.linalg.norm(dirs, axis=-1)
-        transmit = np.exp(-3.0 * np.where(hit, distance, np.inf) / cond.fog_m)[..., None]
+        distance = np.where(hit, hits.t * np.linalg.norm(dirs, axis=-1), np.inf)
+        transmit = np.exp(-3.0 * distance / cond.fog_m).astype(np.float32)[..., None]
         out = out * transmit + np.asarray(cond.fog_color, np.float32) * (1 - transmit)
-    return out.reshape(shape + (3,)).astype(np.float32)
+    return out.astype(np.float32, copy=False)
 
 
 def _headlights(p, n, ego_pose, cond):

@@ -138,7 +138,8 @@ def _rect(rows, cols, seen, shape):
 @dataclass
 class Hits:
     """Nearest hit per ray. index: solid row, GROUND or SKY; local: hit point in the solid's (or world) frame;
-    face: 0..5 = box faces -x,+x,-y,+y,-z,+z; 6 = curved side; 7 = cylinder cap."""
+    face: 0..5 = box faces -x,+x,-y,+y,-z,+z; 6 = curved side; 7 = cylinder cap. Only t and index are set when
+    the cast was asked for distances alone."""
 
     t: np.ndarray
     index: np.ndarray
@@ -148,9 +149,11 @@ class Hits:
     points: np.ndarray  # world hit points (inf where nothing was hit)
 
 
-def cast(grid, solids: Solids, ground: bool = True) -> Hits:
+def cast(grid, solids: Solids, ground: bool = True, surface: bool = True) -> Hits:
     """Nearest hit of every ray of `grid`. All (ray, solid) pairs inside the solids' bounding rectangles are
-    intersected in one vectorised pass per solid kind; a scatter-min keeps the nearest per ray."""
+    intersected in one vectorised pass per solid kind (distance only); a scatter-min keeps the nearest per ray, and
+    normals, faces and local points are worked out for those winners only. `surface=False` skips them (and the
+    world points) when only distances matter (shadow maps)."""
     shape = grid.shape
     dirs = grid.dirs.reshape(-1, 3)
     per_ray_origin = np.ndim(grid.origin) > 1
@@ -158,27 +161,30 @@ def cast(grid, solids: Solids, ground: bool = True) -> Hits:
     n_rays = dirs.shape[0]
     t = np.full(n_rays, np.inf)
     index = np.full(n_rays, SKY, np.int32)
-    normal = np.zeros((n_rays, 3), np.float32)
-    local = np.zeros((n_rays, 3), np.float64)
-    face = np.full(n_rays, 5, np.int8)
+    oz = origin[:, 2] if per_ray_origin else origin[2]
     if ground:
-        oz = origin[:, 2] if per_ray_origin else origin[2]
         dz = dirs[:, 2]
         with np.errstate(divide="ignore", invalid="ignore"):
             tg = np.where(dz < -1e-9, -oz / dz, np.inf)
         hit = np.isfinite(tg) & (tg > EPS)
         t[hit], index[hit] = tg[hit], GROUND
-        normal[hit] = (0.0, 0.0, 1.0)
-        o_hit = origin[hit] if per_ray_origin else origin
-        local[hit] = o_hit + tg[hit][:, None] * dirs[hit]
+    ray = k = np.zeros(0, np.int64)
     if len(solids):
-        ray, k = _pairs(grid.bounds(solids.corners()), shape)
-        if len(ray):
-            _nearest_solids(ray, k, solids, origin, dirs, t, index, normal, local, face)
+        ray, k, tk = _nearest_solids(grid.bounds(solids.corners()), solids, origin, dirs, shape, t)
+        t[ray], index[ray] = tk, k
+    if not surface:
+        return Hits(t.reshape(shape), index.reshape(shape), None, None, None, None)
+    normal = np.zeros((n_rays, 3), np.float32)
+    local = np.zeros((n_rays, 3), np.float64)
+    face = np.full(n_rays, 5, np.int8)
     finite = np.isfinite(t)
     points = np.full((n_rays, 3), np.inf)
-    o_fin = origin[finite] if per_ray_origin else origin
-    points[finite] = o_fin + t[finite][:, None] * dirs[finite]
+    points[finite] = (origin[finite] if per_ray_origin else origin) + t[finite][:, None] * dirs[finite]
+    on_ground = index == GROUND
+    normal[on_ground] = (0.0, 0.0, 1.0)
+    local[on_ground] = points[on_ground]
+    if len(ray):
+        _surface(ray, k, solids, points[ray], dirs[ray], normal, local, face)
     return Hits(t.reshape(shape), index.reshape(shape), normal.reshape(shape + (3,)), local.reshape(shape + (3,)),
                 face.reshape(shape), points.reshape(shape + (3,)))
 
@@ -199,101 +205,128 @@ def _pairs(rects, shape):
     return rows * shape[1] + cols, k
 
 
-def _nearest_solids(ray, k, solids, origin, dirs, t, index, normal, local, face):
-    # Coordinates relative to each solid are small, so single precision is exact enough (sub-millimetre) and fast.
-    cos_k, sin_k = np.cos(solids.yaw).astype(np.float32), np.sin(solids.yaw).astype(np.float32)
-    c, s = cos_k[k], sin_k[k]
+def _to_local(solids, k, origin, dirs, ray):
+    """Ray origins and directions of pairs in their solid's frame, as six float32 component arrays. Coordinates
+    relative to a solid are small, so single precision is exact enough (sub-millimetre) and fast."""
+    c = np.cos(solids.yaw).astype(np.float32)[k]
+    s = np.sin(solids.yaw).astype(np.float32)[k]
     if np.ndim(origin) == 1:
         rel = (origin - solids.center).astype(np.float32)[k]
     else:
         rel = (origin[ray] - solids.center[k]).astype(np.float32)
     d = dirs[ray].astype(np.float32, copy=False)
-    ol = np.stack([c * rel[:, 0] + s * rel[:, 1], -s * rel[:, 0] + c * rel[:, 1], rel[:, 2]], -1)
-    dl = np.stack([c * d[:, 0] + s * d[:, 1], -s * d[:, 0] + c * d[:, 1], d[:, 2]], -1)
+    rx, ry, dx, dy = rel[:, 0], rel[:, 1], d[:, 0], d[:, 1]
+    return (c * rx + s * ry, c * ry - s * rx, rel[:, 2]), (c * dx + s * dy, c * dy - s * dx, d[:, 2])
+
+
+def _nearest_solids(rects, solids, origin, dirs, shape, t):
+    """(ray, solid, distance) of the nearest solid hit of every ray where it beats `t` (ground or nothing)."""
     half = solids.half.astype(np.float32)
-    tk = np.full(len(ray), np.inf, np.float32)
-    nl = np.zeros((len(ray), 3), np.float32)
-    fk = np.zeros(len(ray), np.int8)
-    kinds = solids.kind[k]
-    for kind, intersect in _INTERSECT.items():
-        sel = np.flatnonzero(kinds == kind)
-        if len(sel):
-            tk[sel], nl[sel], fk[sel] = intersect(ol[sel], dl[sel], half[k[sel]])
-    pending = np.flatnonzero(tk < t[ray])
-    if not len(pending):
-        return
+    rays, ks, ts = [], [], []
+    for kind, distance in _DISTANCE.items():
+        of_kind = solids.kind == kind
+        if not of_kind.any():
+            continue
+        ray, k = _pairs(np.where(of_kind[:, None], rects, 0), shape)
+        if not len(ray):
+            continue
+        o, d = _to_local(solids, k, origin, dirs, ray)
+        tk = distance(o, d, half[k])
+        nearer = tk < t[ray]
+        rays.append(ray[nearer])
+        ks.append(k[nearer])
+        ts.append(tk[nearer])
+    if not rays:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    ray, k, tk = np.concatenate(rays), np.concatenate(ks), np.concatenate(ts)
     # Scatter-min by relaxation: write any candidate per ray, keep those still nearer, repeat. Each round retires
     # the pair just written, so it ends after as many rounds as the most candidates one ray has.
     nearest = t.copy()
-    candidates = pending
+    pending = np.arange(len(ray))
     while len(pending):
         nearest[ray[pending]] = tk[pending]
         pending = pending[tk[pending] < nearest[ray[pending]]]
+    winners = np.flatnonzero(tk == nearest[ray])
     owner = np.full(len(t), -1, np.int64)
-    winners = candidates[tk[candidates] == nearest[ray[candidates]]]
     owner[ray[winners]] = winners
     win = owner[owner >= 0]  # one pair per ray, ties resolved by the last write
-    r = ray[win]
-    t[r] = tk[win]
-    index[r] = k[win]
-    cw, sw = c[win], s[win]
-    n = nl[win]
-    normal[r] = np.stack([cw * n[:, 0] - sw * n[:, 1], sw * n[:, 0] + cw * n[:, 1], n[:, 2]], -1)
-    local[r] = ol[win] + tk[win][:, None] * dl[win]
-    face[r] = fk[win]
+    return ray[win], k[win], tk[win]
+
+
+def _surface(ray, k, solids, points, dirs, normal, local, face):
+    """Normals (world), hit points in the solid's frame and face codes for the rays' winning solids."""
+    c, s = np.cos(solids.yaw[k]), np.sin(solids.yaw[k])
+    rel = points - solids.center[k]
+    p = np.stack([c * rel[:, 0] + s * rel[:, 1], c * rel[:, 1] - s * rel[:, 0], rel[:, 2]], -1)
+    half = solids.half[k]
+    n = np.zeros_like(p)
+    f = np.zeros(len(k), np.int8)
+    kinds = solids.kind[k]
+    box = kinds == BOX
+    if box.any():  # the face is the axis where the point is farthest out, relative to the half size
+        q = p[box] / half[box]
+        axis = np.abs(q).argmax(-1)
+        positive = np.take_along_axis(q, axis[:, None], -1)[:, 0] > 0
+        nb = np.zeros_like(q)
+        nb[np.arange(len(q)), axis] = np.where(positive, 1.0, -1.0)
+        n[box], f[box] = nb, axis * 2 + positive
+    cyl = kinds == CYLINDER
+    if cyl.any():
+        pc, hc = p[cyl], half[cyl]
+        radial = np.hypot(pc[:, 0], pc[:, 1]) / hc[:, 0]
+        cap = np.abs(pc[:, 2]) / hc[:, 2] > radial
+        side = np.stack([pc[:, 0] / hc[:, 0], pc[:, 1] / hc[:, 0], np.zeros(len(pc))], -1)
+        cap_n = np.stack([np.zeros(len(pc)), np.zeros(len(pc)), np.sign(pc[:, 2])], -1)
+        n[cyl], f[cyl] = np.where(cap[:, None], cap_n, side), np.where(cap, 7, 6)
+    ell = kinds == ELLIPSOID
+    if ell.any():
+        n[ell], f[ell] = p[ell] / half[ell] ** 2, 6
+    n /= np.maximum(np.linalg.norm(n, axis=-1, keepdims=True), 1e-12)
+    normal[ray] = np.stack([c * n[:, 0] - s * n[:, 1], s * n[:, 0] + c * n[:, 1], n[:, 2]], -1)
+    local[ray] = p
+    face[ray] = f
 
 
 def _box(o, d, half):
+    """Slab test: distance along each ray to the box (inf if missed or starting inside)."""
+    t_near = np.full(len(o[0]), -np.inf, np.float32)
+    t_far = np.full(len(o[0]), np.inf, np.float32)
     with np.errstate(divide="ignore", invalid="ignore"):
-        inv = 1.0 / np.where(np.abs(d) < 1e-12, 1e-12, d)
-        t1 = (-half - o) * inv
-        t2 = (half - o) * inv
-    lo, hi = np.minimum(t1, t2), np.maximum(t1, t2)
-    t_near, t_far = lo.max(-1), hi.min(-1)
-    axis = lo.argmax(-1)
-    t = np.where((t_near <= t_far) & (t_near > EPS), t_near, np.inf)
-    d_axis = np.take_along_axis(d, axis[..., None], -1)[..., 0]
-    positive = d_axis < 0  # the ray enters through the face whose normal opposes it
-    normal = np.zeros(o.shape, np.float32)
-    np.put_along_axis(normal, axis[..., None], np.where(positive, 1.0, -1.0)[..., None], -1)
-    return t, normal, (axis * 2 + positive).astype(np.int8)
+        for axis in range(3):
+            inv = 1.0 / np.where(np.abs(d[axis]) < 1e-12, np.float32(1e-12), d[axis])
+            t1 = (-half[:, axis] - o[axis]) * inv
+            t2 = (half[:, axis] - o[axis]) * inv
+            np.maximum(t_near, np.minimum(t1, t2), out=t_near)
+            np.minimum(t_far, np.maximum(t1, t2), out=t_far)
+    return np.where((t_near <= t_far) & (t_near > EPS), t_near, np.inf)
 
 
 def _cylinder(o, d, half):
+    """Vertical cylinder (radius half[0], half height half[2]): side or cap, the nearer."""
+    ox, oy, oz = o
+    dx, dy, dz = d
     r, hh = half[:, 0], half[:, 2]
-    a = d[..., 0] ** 2 + d[..., 1] ** 2
-    b = 2 * (o[..., 0] * d[..., 0] + o[..., 1] * d[..., 1])
-    c = o[..., 0] ** 2 + o[..., 1] ** 2 - r * r
+    a = dx * dx + dy * dy
+    b = 2 * (ox * dx + oy * dy)
+    c = ox * ox + oy * oy - r * r
     disc = b * b - 4 * a * c
     with np.errstate(divide="ignore", invalid="ignore"):
         ts = (-b - np.sqrt(np.maximum(disc, 0))) / (2 * a)
-        side_ok = (disc >= 0) & (a > 1e-12) & (ts > EPS) & (np.abs(o[..., 2] + ts * d[..., 2]) <= hh)
-        ts = np.where(side_ok, ts, np.inf)
-        cap_z = np.where(d[..., 2] < 0, hh, -hh)
-        tc = (cap_z - o[..., 2]) / d[..., 2]
-    pc = o[..., :2] + tc[..., None] * d[..., :2]
-    cap_ok = (np.abs(d[..., 2]) > 1e-12) & (tc > EPS) & ((pc ** 2).sum(-1) <= r * r)
-    tc = np.where(cap_ok, tc, np.inf)
-    on_cap = tc < ts
-    t = np.minimum(ts, tc)
-    p = o + np.where(np.isfinite(t), t, 0.0)[..., None] * d
-    normal = np.stack([p[..., 0] / r, p[..., 1] / r, np.zeros_like(t)], -1)
-    normal = np.where(on_cap[..., None], np.stack([np.zeros_like(t), np.zeros_like(t), np.sign(cap_z)], -1), normal)
-    return t, normal.astype(np.float32), np.where(on_cap, 7, 6).astype(np.int8)
+        side = (disc >= 0) & (a > 1e-12) & (ts > EPS) & (np.abs(oz + ts * dz) <= hh)
+        tc = (np.where(dz < 0, hh, -hh) - oz) / dz
+        cap = (np.abs(dz) > 1e-12) & (tc > EPS) & ((ox + tc * dx) ** 2 + (oy + tc * dy) ** 2 <= r * r)
+    return np.minimum(np.where(side, ts, np.inf), np.where(cap, tc, np.inf))
 
 
 def _ellipsoid(o, d, radii):
-    os_, ds = o / radii, d / radii
-    a = (ds * ds).sum(-1)
-    b = 2 * (os_ * ds).sum(-1)
-    c = (os_ * os_).sum(-1) - 1.0
+    ox, oy, oz = (o[i] / radii[:, i] for i in range(3))
+    dx, dy, dz = (d[i] / radii[:, i] for i in range(3))
+    a = dx * dx + dy * dy + dz * dz
+    b = 2 * (ox * dx + oy * dy + oz * dz)
+    c = ox * ox + oy * oy + oz * oz - 1.0
     disc = b * b - 4 * a * c
     t = (-b - np.sqrt(np.maximum(disc, 0))) / (2 * a)
-    t = np.where((disc >= 0) & (t > EPS), t, np.inf)
-    p = o + np.where(np.isfinite(t), t, 0.0)[..., None] * d
-    n = p / (radii * radii)
-    n = n / np.maximum(np.linalg.norm(n, axis=-1, keepdims=True), 1e-12)
-    return t, n.astype(np.float32), np.full(t.shape, 6, np.int8)
+    return np.where((disc >= 0) & (t > EPS), t, np.inf)
 
 
-_INTERSECT = {BOX: _box, CYLINDER: _cylinder, ELLIPSOID: _ellipsoid}
+_DISTANCE = {BOX: _box, CYLINDER: _cylinder, ELLIPSOID: _ellipsoid}
