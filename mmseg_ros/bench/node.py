@@ -36,7 +36,8 @@ def configure(parser):
     parser.add_argument("--rate", type=float, default=4.0, help="sets per second sent by the publisher (default 4)")
     parser.add_argument("--card", default=None, help="model card (default: the node's default card)")
     parser.add_argument("--forward", action="store_true",
-                        help="run the model once for real logits and show its time (default: random logits)")
+                        help="run the model (after a warm-up) for real logits and show its time (default: random "
+                             "logits)")
     parser.add_argument("--role", default="bench", choices=("bench", ROLE_PUBLISHER), help="internal: process role")
     parser.add_argument("--timeout", type=float, default=120.0, help="give up after this many seconds")
 
@@ -115,8 +116,11 @@ def _publisher(args) -> int:
         # Keep the output subscriptions alive while the other process publishes to them; spin so they take data.
         import select
 
-        while not select.select([sys.stdin], [], [], 0.05)[0] and time.monotonic() < deadline:
-            rclpy.spin_once(node, timeout_sec=0.0)
+        while not select.select([sys.stdin], [], [], 0.0)[0] and time.monotonic() < deadline:
+            rclpy.spin_once(node, timeout_sec=0.05)
+        drain = time.monotonic() + 0.5  # outputs published just before "stop" are still on their way
+        while time.monotonic() < drain:
+            rclpy.spin_once(node, timeout_sec=0.05)
         _emit("outputs", received=received)
         return 0
     finally:
@@ -161,6 +165,7 @@ class NodeStages:
             return
         _, inputs, _ = self.segmenter.preprocess(images, size)
         with torch.inference_mode():
+            self.segmenter.model(inputs)  # warm-up, as the node does when it is configured
             start = time.perf_counter()
             self.logits = self.segmenter.model(inputs)["logits"]
             self.forward_ms = 1e3 * (time.perf_counter() - start)
@@ -268,6 +273,7 @@ def _bench(args) -> int:
         deadline = time.monotonic() + 10
         while min(p.get_subscription_count() for p in stages.publishers.values()) < 1 and time.monotonic() < deadline:
             time.sleep(0.05)
+        time.sleep(0.3)  # the peer's readers finish matching a moment after the writers see them
         rows = []
         for size in args.sizes:
             group = [s for s in sets if s["size"] == size]
