@@ -366,6 +366,7 @@ def _print_table(rows, card, outputs) -> None:
     print(f"\nCard {card.name} ({card.num_classes} classes, model input {card.input_size[0]} px), torch threads "
           f"{torch.get_num_threads()}, device cpu unless CUDA. Transport: one set of all inputs from the publisher "
           "process (stamp at the start of the set) to the last image's arrival in this process' callback, shipped "
-          "SHM profile. Node overhead: per-set sum of the node's stages called directly (the functions segment_node "
+          "SHM profile; it includes rclpy's conversion into Python messages, which the node process pays too. "
+          "Node overhead: per-set sum of the node's stages called directly (the functions segment_node "
           "calls), medians over the sets; the forward is excluded. Outputs received by the peer: "
           f"{outputs.get('received')}.")
