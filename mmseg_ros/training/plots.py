@@ -31,8 +31,9 @@ def plot_curves(records: List[dict], path) -> Path:
         lr_ax.plot([r["iteration"] for r in train], [r["lr"] for r in train])
     lr_ax.set(title="learning rate", xlabel="iteration")
     if val:
-        miou_ax.plot([r["epoch"] for r in val], [100.0 * r["miou"] for r in val], marker="o")
+        miou_ax.plot([r["epoch"] for r in val], [r["miou"] for r in val], marker="o")  # already in %
     miou_ax.set(title="validation mIoU (%)", xlabel="epoch")
+    miou_ax.xaxis.get_major_locator().set_params(integer=True)
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.tight_layout()
