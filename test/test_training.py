@@ -89,6 +89,27 @@ def train_cli(recipe: Path, out: Path, *extra, env=None):
     )
 
 
+def kill_at_mid_epoch_checkpoint(proc, latest: Path, timeout: float = 120) -> dict:
+    """SIGKILL the run right after it completed a checkpoint inside an epoch; returns that checkpoint's progress.
+
+    Each new latest.pt is inspected with the run stopped (SIGSTOP), so the file read is the one it resumes from."""
+    deadline, seen = time.monotonic() + timeout, None
+    while True:
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before a mid-epoch checkpoint"
+        stat = latest.stat() if latest.exists() else None
+        if stat is not None and (stat.st_ino, stat.st_mtime_ns) != seen:
+            proc.send_signal(signal.SIGSTOP)
+            stat = latest.stat()
+            progress = checkpoints.load_state(latest)["progress"]
+            if progress["step_in_epoch"] > 0:
+                proc.send_signal(signal.SIGKILL)
+                proc.communicate()
+                return progress
+            seen = (stat.st_ino, stat.st_mtime_ns)
+            proc.send_signal(signal.SIGCONT)
+        time.sleep(0.01)
+
+
 def _env():
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
     return env
@@ -219,6 +240,7 @@ def test_epoch_batches_are_seeded_sharded_and_resumable():
 
 
 def test_seeded_samples_repeat_per_epoch_and_leave_global_rng_alone(data_root):
+    from mmseg_ros.data.common import Collate
     from mmseg_ros.data.deliver import Deliver
     from mmseg_ros.data.transforms import train_pipeline, ToModelInput
 
@@ -236,6 +258,11 @@ def test_seeded_samples_repeat_per_epoch_and_leave_global_rng_alone(data_root):
         assert sample["inputs"].keys() == first[0]["inputs"].keys()
         assert torch.equal(sample["label"], first[0]["label"])
         assert all(torch.equal(sample["inputs"][m], first[0]["inputs"][m]) for m in sample["inputs"])
+    batches = sampling.epoch_batches(len(seeded), 4, 1, 0, 1, micro_batch=2, accumulate=1)
+    loaded = [[b["label"] for b in torch.utils.data.DataLoader(seeded, batch_sampler=batches, num_workers=workers,
+                                                                collate_fn=Collate(mods))] for workers in (0, 2)]
+    assert all(torch.equal(a, b) for a, b in zip(*loaded)) and len(loaded[1]) == 4  # workers draw the same
+
     outcomes = set()
     for epoch in range(8):
         seeded.set_epoch(epoch)
@@ -270,13 +297,8 @@ def test_kill_mid_epoch_then_resume_equals_straight_run(tmp_path, straight_run):
     recipe, straight = straight_run
     out = tmp_path / "killed"
     proc = train_cli(recipe, out)
-    deadline = time.monotonic() + 120
-    while not (out / checkpoints.LATEST).exists():
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate()
-    assert proc.returncode == -signal.SIGKILL
+    killed_at = kill_at_mid_epoch_checkpoint(proc, out / checkpoints.LATEST)
+    assert proc.returncode == -signal.SIGKILL and 0 < killed_at["step_in_epoch"] < 4, killed_at
     for path in out.iterdir():  # nothing half-written: complete files or ignored temporaries only
         if path.name.startswith(".tmp-"):
             assert checkpoints.find_latest(out) != path
@@ -286,8 +308,7 @@ def test_kill_mid_epoch_then_resume_equals_straight_run(tmp_path, straight_run):
             checkpoints.load_state(path)
         elif path.suffix == ".jsonl":
             _records(out)
-    killed_at = checkpoints.load_state(out / checkpoints.LATEST)["progress"]
-    assert 0 < killed_at["step_in_epoch"] < 4, killed_at  # stopped inside an epoch
+    assert checkpoints.load_state(out / checkpoints.LATEST)["progress"] == killed_at
 
     _finish(train_cli(recipe, out, "--resume"))
     resumed, reference = (checkpoints.load_state(p / checkpoints.LATEST) for p in (out, straight))
@@ -384,7 +405,7 @@ def test_torchrun_two_processes_keep_identical_weights(tmp_path, data_root):
     script = tmp_path / "ddp_train.py"
     script.write_text(TORCHRUN_SCRIPT)
     recipe = write_recipe(tmp_path / "r.yaml", data_root, schedule={"epochs": 1, "warmup_epochs": 0},
-                          train={"batch_size": 4}, data={"val_split": None})
+                          train={"batch_size": 4, "accumulate": 2, "clip_grad_norm": 1.0}, data={"val_split": None})
     out = tmp_path / "ddp"
     result = subprocess.run(
         [str(TORCHRUN), "--standalone", "--nproc_per_node=2", str(script), str(recipe), str(out)],
