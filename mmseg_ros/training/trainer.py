@@ -132,9 +132,9 @@ class Trainer:
             window.step(now - started, self.recipe.train.batch_size)
             started = now
             if bar is not None:
-                bar.update(1)
                 bar.set_postfix(loss=f"{window.last_loss:.4f}", lr=f"{window.lr:.2e}",
                                 samples_s=f"{window.last_rate:.1f}", refresh=False)
+                bar.update(1)
             if p.iteration % recipe.log.every_iters == 0 or p.step_in_epoch == self.steps_per_epoch:
                 self._log_train(window)
                 window = _Window()
