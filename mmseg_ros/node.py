@@ -49,13 +49,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def main(args=None) -> NoReturn:
     """`segment_node` (args None: sys.argv) and `mmseg node` (args: the parsed namespace). Ends the process."""
     if isinstance(args, argparse.Namespace):
-        _exit(run(args.lifecycle, ["mmseg node", *args.extra]))
-    argv = list(sys.argv if args is None else args)
-    cut = argv.index("--ros-args") if "--ros-args" in argv else len(argv)
-    parser = argparse.ArgumentParser(prog=NODE_NAME, description=__doc__.splitlines()[0])
-    configure(parser)
-    ours = parser.parse_args(argv[1:cut])
-    _exit(run(ours.lifecycle, [argv[0] if argv else NODE_NAME, *argv[cut:]]))
+        lifecycle, ros_argv = args.lifecycle, ["mmseg node", *args.extra]
+    else:
+        argv = list(sys.argv if args is None else args)
+        cut = argv.index("--ros-args") if "--ros-args" in argv else len(argv)
+        parser = argparse.ArgumentParser(prog=NODE_NAME, description=__doc__.splitlines()[0])
+        configure(parser)
+        lifecycle, ros_argv = parser.parse_args(argv[1:cut]).lifecycle, [argv[0] if argv else NODE_NAME, *argv[cut:]]
+    try:
+        code = run(lifecycle, ros_argv)
+    except KeyboardInterrupt:  # SIGINT before rclpy took over the signal
+        code = 0
+    _exit(code)
 
 
 def _exit(code: int) -> None:
