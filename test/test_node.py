@@ -24,7 +24,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import pytest
 
-from mmseg_ros import cards, dds, msgs
+from mmseg_ros import cards, dds, msgs, node_config
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("rclpy") is None, reason="needs rclpy (the ROS 2 wheels)")
 
@@ -412,19 +412,19 @@ SIM_START_S = 1000  # sim time of the first frame: far from the wall clock, so a
 
 class Rig:
     """Publishes camera (bgr8), depth (32FC1 with NaN holes), events (8UC2), a LiDAR PointCloud2 + CameraInfo and
-    /clock from this process at 5 Hz of sim time."""
+    /clock from this process at 5 Hz of sim time, all reliable (the node runs with inputs.qos: reliable)."""
 
     def __init__(self, listener: Listener, ns: str):
-        from rclpy.qos import qos_profile_sensor_data
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
         from rosgraph_msgs.msg import Clock
         from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
         node = listener.node
+        qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
         self.clock = node.create_publisher(Clock, "/clock", 10)
-        self.pubs = {m: node.create_publisher(Image, f"{ns}/{m}/image", qos_profile_sensor_data)
-                     for m in ("rgb", "depth", "event")}
-        self.points = node.create_publisher(PointCloud2, f"{ns}/lidar/points", qos_profile_sensor_data)
-        self.info = node.create_publisher(CameraInfo, f"{ns}/rgb/camera_info", qos_profile_sensor_data)
+        self.pubs = {m: node.create_publisher(Image, f"{ns}/{m}/image", qos) for m in ("rgb", "depth", "event")}
+        self.points = node.create_publisher(PointCloud2, f"{ns}/lidar/points", qos)
+        self.info = node.create_publisher(CameraInfo, f"{ns}/rgb/camera_info", qos)
         rng = np.random.default_rng(0)
         self.rgb = rng.integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8)
         self.depth = np.full((SIZE, SIZE), 7.5, np.float32)
@@ -479,19 +479,31 @@ def _call(listener: Listener, client, request, timeout: float):
     return future.result()
 
 
-def test_lifecycle_transitions_sim_time_and_pointcloud_lidar(listener, tmp_path):
+def test_lifecycle_transitions_sim_time_reliable_inputs_and_pointcloud_lidar(listener, tmp_path):
     from lifecycle_msgs.msg import State, Transition
     from lifecycle_msgs.srv import ChangeState, GetState
+    from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+    from rcl_interfaces.srv import DescribeParameters, GetParameters, SetParameters
 
     ns = "/lc"
     labels = f"{ns}/{NODE}/labels"
     listener.watch_images(labels, check_labels)
+    listener.watch_images(f"{ns}/{NODE}/color")
     listener.watch_diagnostics(f"{ns}/{NODE}: ")
     log = tmp_path / "lifecycle.log"
-    node = start_node(log, ns, "use_sim_time:=true", "inputs.lidar_source:=points", lifecycle=True)
+    node = start_node(log, ns, "use_sim_time:=true", "inputs.lidar_source:=points", "inputs.qos:=reliable",
+                      "outputs.color:=false", lifecycle=True)
     rig = Rig(listener, ns)
     get_state = listener.node.create_client(GetState, f"{ns}/{NODE}/get_state")
     change = listener.node.create_client(ChangeState, f"{ns}/{NODE}/change_state")
+    describe = listener.node.create_client(DescribeParameters, f"{ns}/{NODE}/describe_parameters")
+    get_params = listener.node.create_client(GetParameters, f"{ns}/{NODE}/get_parameters")
+    set_params = listener.node.create_client(SetParameters, f"{ns}/{NODE}/set_parameters")
+
+    def set_slop(value):
+        request = SetParameters.Request(parameters=[Parameter(name="sync.slop", value=ParameterValue(
+            type=ParameterType.PARAMETER_DOUBLE, double_value=value))])
+        return _call(listener, set_params, request, 10.0).results[0]
 
     def state():
         return _call(listener, get_state, GetState.Request(), 60.0).current_state.id
@@ -508,8 +520,21 @@ def test_lifecycle_transitions_sim_time_and_pointcloud_lidar(listener, tmp_path)
 
     try:
         assert state() == State.PRIMARY_STATE_UNCONFIGURED
+        descriptors = _call(listener, describe, DescribeParameters.Request(
+            names=list(node_config.PARAMETER_NAMES)), 10.0).descriptors
+        assert [d.name for d in descriptors] == list(node_config.PARAMETER_NAMES)
+        for d, p in zip(descriptors, node_config.PARAMETERS):
+            assert d.description == p.description and bool(d.integer_range or d.floating_point_range) == (
+                p.low is not None), d
+        assert set_slop(-1.0).successful is False  # outside its declared range
+        assert set_slop(0.06).successful  # unconfigured: parameters may change
         transition(Transition.TRANSITION_CONFIGURE, START_TIMEOUT_S)  # loads the model
         assert state() == State.PRIMARY_STATE_INACTIVE
+        refused = set_slop(0.07)
+        assert not refused.successful and "configured" in refused.reason
+        names = _call(listener, get_params, GetParameters.Request(names=[node_config.CLASS_NAMES_PARAMETER]),
+                      10.0).values[0].string_array_value
+        assert list(names) == list(CARD.class_names)
         rig.start()
         time.sleep(1.0)
         assert not listener.seen(labels), "outputs while inactive"
@@ -534,6 +559,7 @@ def test_lifecycle_transitions_sim_time_and_pointcloud_lidar(listener, tmp_path)
     assert code == 0 and seconds < 2.0, (code, seconds, _tail(log))
 
     outputs = listener.seen(labels)
+    assert not listener.seen(f"{ns}/{NODE}/color"), "~/color published although outputs.color is false"
     published = set(rig.stamps)
     assert all(o.stamp in published and (o.frame_id, o.width, o.height) == ("lc_camera", SIZE, SIZE) and o.ok
                for o in outputs), outputs[:3]
