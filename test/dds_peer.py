@@ -14,7 +14,6 @@ import json
 import os
 import select
 import sys
-import threading
 import time
 from functools import lru_cache
 
@@ -104,9 +103,10 @@ def publish(args) -> int:
 def subscribe(args) -> int:
     transport = _transport(args.no_profile)
     import rclpy
-    from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import QoSProfile, qos_profile_sensor_data
     from sensor_msgs.msg import Image
+
+    from mmseg_ros.rosutil import SpinThread
 
     # Sensor-data QoS (best effort, volatile) with a history deep enough for a subscriber that the scheduler
     # starves for a while on a shared machine: what is measured is the transport, not this process' turn on a core.
@@ -123,20 +123,12 @@ def subscribe(args) -> int:
     node = rclpy.create_node("transport_check_subscriber")
     for enc, topic in TOPICS.items():
         node.create_subscription(Image, topic, lambda m, e=enc: on_image(m, e), qos)
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
+    spinner = SpinThread(node)
     try:
         _emit("ready", transport=transport)
         select.select([sys.stdin], [], [], args.timeout)  # "stop" (or EOF) from the test, bounded by the timeout
     finally:
-        # SPEC §3 order: stop the executor, join its thread, then tear the node and context down.
-        executor.shutdown()
-        rclpy.shutdown()
-        spinner.join(timeout=5)
-        node.destroy_node()
-        rclpy.try_shutdown()
+        spinner.close()
     stats, errors = {}, []
     for enc, received in arrived.items():
         counters, latency = [], []

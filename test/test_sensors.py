@@ -8,7 +8,6 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import numpy as np
@@ -126,10 +125,10 @@ class Listener:
 
     def __init__(self, keys, reliable: bool, clock: bool = False):
         import rclpy
-        from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import QoSProfile, ReliabilityPolicy
 
         from mmseg_ros import dds
+        from mmseg_ros.rosutil import SpinThread
 
         dds.configure_transport()
         self.context = rclpy.Context()
@@ -150,23 +149,14 @@ class Listener:
 
             self.node.create_subscription(
                 Clock, "/clock", lambda m: self.clock.append((_stamp_ns(m.clock), time.monotonic())), 10)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
+        self.spinner = SpinThread(self.node, context=self.context)
 
     def _take(self, key, msg):
         self.received[key].append(msg)
         self.arrivals[key].append(time.monotonic())
 
     def close(self):
-        import rclpy
-
-        self.executor.shutdown()
-        rclpy.shutdown(context=self.context)
-        self.thread.join(timeout=5)
-        self.node.destroy_node()
-        rclpy.try_shutdown(context=self.context)
+        self.spinner.close()
 
 
 def _start(*options) -> subprocess.Popen:

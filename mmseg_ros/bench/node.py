@@ -23,6 +23,8 @@ import json
 import sys
 import time
 
+from ..errors import ConfigError
+
 ROLE_PUBLISHER = "publisher"
 PREFIX = "mmseg_bench_node"  # private topic namespace: a node running in the same domain is not disturbed
 OUTPUTS = ("labels", "confidence", "color")
@@ -238,9 +240,10 @@ def _bench(args) -> int:
 
     transport = dds.configure_transport()
     import rclpy
-    from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import QoSProfile, qos_profile_sensor_data
     from sensor_msgs.msg import Image
+
+    from ..rosutil import SpinThread
 
     card = cards.load(_card_name(args))
     arrivals = []  # (modality, message, arrival ns)
@@ -248,15 +251,12 @@ def _bench(args) -> int:
     collecting.set()
     rclpy.init()
     node = rclpy.create_node("mmseg_bench_node")
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
     qos = QoSProfile(depth=50, history=qos_profile_sensor_data.history,
                      reliability=qos_profile_sensor_data.reliability, durability=qos_profile_sensor_data.durability)
     for name in card.modalities:
         node.create_subscription(Image, _topic(f"in/{name}"),
                                  lambda m, n=name: collecting.is_set() and arrivals.append((n, m, time.time_ns())), qos)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
+    spinner = SpinThread(node)
     peer = None
     try:
         print(f"bench node: card {card.name}, inputs {', '.join(card.modalities)}, sizes {args.sizes}, "
@@ -291,11 +291,7 @@ def _bench(args) -> int:
         peer.stdin.flush()
         outputs = _read_event(peer, "outputs", 20)
     finally:
-        executor.shutdown()
-        rclpy.shutdown()
-        spinner.join(timeout=5)
-        node.destroy_node()
-        rclpy.try_shutdown()
+        spinner.close()
         if peer is not None and peer.poll() is None:
             try:
                 peer.wait(timeout=10)
