@@ -435,7 +435,7 @@ class SegmentPipeline:
             except MMSegError as exc:
                 self.log.warning(f"set skipped: {exc}", throttle_duration_sec=LOG_THROTTLE_S)
             except Exception as exc:  # the node must keep running; the reason goes to the log
-                if self._stop.is_set():
+                if self._stop.is_set() or not self.node.context.ok():  # shutting down (e.g. SIGINT): just end
                     return
                 self.log.error(f"set failed: {type(exc).__name__}: {exc}", throttle_duration_sec=LOG_THROTTLE_S)
 

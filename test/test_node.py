@@ -390,6 +390,7 @@ def test_bad_inputs_are_reported_and_the_node_keeps_publishing(drive):
 def test_sigint_ends_the_node_cleanly_and_fast(drive):
     assert drive.exit_code == 0, drive.node_log[-2000:]
     assert drive.exit_s < 2.0, f"{drive.exit_s:.2f} s to exit"
+    assert "Failed to publish log message" not in drive.node_log  # nothing logs after the context is gone
 
 
 def test_latency_and_rates_are_reported(drive):
