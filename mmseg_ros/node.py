@@ -352,7 +352,7 @@ class SegmentPipeline:
         self._order = node_core.StampOrder()
         self._sizes = node_core.SizeGuard()
         self._rate_in, self._rate_out = node_core.RateMeter(), node_core.RateMeter()
-        self._latency, self._model_ms = node_core.LatencyWindow(), node_core.LatencyWindow()
+        self._latency, self._wait, self._model_ms = (node_core.LatencyWindow() for _ in range(3))
         self._camera: Optional[msgs.Camera] = None
         self._published = self._below_min = 0
         self._last_used: tuple = ()
@@ -464,6 +464,7 @@ class SegmentPipeline:
         if len(images) < cfg.min_modalities:
             self._below_min += 1
             return
+        self._wait.add((self._now() - sset.messages[sset.anchor].arrival_ns) / 1e6)
         result = self.segmenter.segment(images, output_size=anchor_size)
         if self._stop.is_set():
             return
@@ -513,7 +514,7 @@ class SegmentPipeline:
             rate_in_hz=self._rate_in.rate(now), rate_out_hz=self._rate_out.rate(now), published=self._published,
             sets_emitted=stats.sets_emitted, dropped_superseded=self._slot.superseded,
             dropped_below_min=stats.sets_below_min + self._below_min, latency_ms=self._latency.percentiles(),
-            model_ms=self._model_ms.percentiles(), modalities_used=tuple(self._last_used),
+            wait_ms=self._wait.percentiles(), model_ms=self._model_ms.percentiles(), modalities_used=tuple(self._last_used),
             last_output_age_s=None if self._last_output_ns is None else (now - self._last_output_ns) / NS_PER_S,
             extra=self._router)
         array = DiagnosticArray()

@@ -12,7 +12,8 @@ Node (name "<node>: segmentation"):
   output lacked a subscribed input (degraded), OK otherwise.
   values: card, device, anchor, rate_in_hz (sets per second), rate_out_hz, published, sets_emitted,
           dropped_superseded (latest wins), dropped_below_min, latency_p50_ms / latency_p95_ms (anchor stamp to
-          publish, node clock), model_p50_ms / model_p95_ms (engine: preprocess + forward + postprocess),
+          publish, node clock), wait_p50_ms / wait_p95_ms (anchor arrival to the model starting: synchronizer wait
+          plus worker queue), model_p50_ms / model_p95_ms (engine: preprocess + forward + postprocess),
           modalities_used (the last output's), last_output_age_s, router.<level>.<modality> (MLE-SAM)
 Levels are diagnostic_msgs/DiagnosticStatus' OK / WARN / ERROR.
 """
@@ -62,6 +63,7 @@ class NodeReport:
     dropped_superseded: int
     dropped_below_min: int
     latency_ms: Optional[Tuple[float, float]]
+    wait_ms: Optional[Tuple[float, float]]
     model_ms: Optional[Tuple[float, float]]
     modalities_used: Tuple[str, ...]
     last_output_age_s: Optional[float]
@@ -127,6 +129,8 @@ def node_status(node: str, report: NodeReport, inputs: Sequence[InputReport], pe
         "dropped_below_min": report.dropped_below_min,
         "latency_p50_ms": _num(report.latency_ms[0] if report.latency_ms else None),
         "latency_p95_ms": _num(report.latency_ms[1] if report.latency_ms else None),
+        "wait_p50_ms": _num(report.wait_ms[0] if report.wait_ms else None),
+        "wait_p95_ms": _num(report.wait_ms[1] if report.wait_ms else None),
         "model_p50_ms": _num(report.model_ms[0] if report.model_ms else None),
         "model_p95_ms": _num(report.model_ms[1] if report.model_ms else None),
         "modalities_used": ",".join(report.modalities_used),

@@ -398,12 +398,13 @@ def test_latency_and_rates_are_reported(drive):
     assert steady
     _, _, _, values = steady[-1]
     p50, p95 = float(values["latency_p50_ms"]), float(values["latency_p95_ms"])
-    model = float(values["model_p50_ms"])
-    assert 0 < model <= p50 <= p95 < 5000, values
+    model, wait = float(values["model_p50_ms"]), float(values["wait_p50_ms"])
+    assert 0 < model <= p50 <= p95 < 5000 and 0 <= wait < p50, values
     rate_in, rate_out = float(values["rate_in_hz"]), float(values["rate_out_hz"])
     assert 3.0 < rate_in < 7.0 and 2.0 < rate_out <= rate_in + 0.5, values  # camera at 5 Hz
     print(f"\nnode at 5 Hz, {SIZE} px, tiny model: in {rate_in:.1f} Hz, out {rate_out:.1f} Hz, latency p50 {p50:.0f} "
-          f"ms p95 {p95:.0f} ms, model p50 {model:.0f} ms, superseded {values['dropped_superseded']}")
+          f"ms p95 {p95:.0f} ms, wait p50 {wait:.0f} ms, model p50 {model:.0f} ms, superseded "
+          f"{values['dropped_superseded']}")
 
 
 # -- lifecycle mode, sim time, PointCloud2 LiDAR ---------------------------------------------------------------------

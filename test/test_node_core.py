@@ -222,8 +222,8 @@ def _input(name, state, error=None, last_arrival=9 * NS):
 
 
 def _report(used=("rgb", "depth"), age=0.1):
-    return diag.NodeReport("tiny", "cpu", "rgb", 10.0, 9.5, 20, 22, 2, 0, (80.0, 120.0), (60.0, 90.0), used, age,
-                           {"router.sfm.rgb": 0.6})
+    return diag.NodeReport("tiny", "cpu", "rgb", 10.0, 9.5, 20, 22, 2, 0, (80.0, 120.0), (15.0, 30.0), (60.0, 90.0),
+                           used, age, {"router.sfm.rgb": 0.6})
 
 
 def test_input_statuses():
@@ -247,6 +247,7 @@ def test_node_status_levels():
     ok = diag.node_status("/n", _report(), inputs, 1.0)
     assert ok.level == diag.OK and ok.message.startswith("ok: all 2 inputs")
     assert ok.value("modalities_used") == "rgb,depth" and ok.value("latency_p95_ms") == "120.000"
+    assert ok.value("wait_p50_ms") == "15.000" and ok.value("model_p95_ms") == "90.000"
     assert ok.value("router.sfm.rgb") == "0.6" and ok.value("dropped_superseded") == "2"
     degraded = diag.node_status("/n", _report(used=("rgb",)), inputs, 1.0)
     assert degraded.level == diag.WARN and "without depth" in degraded.message
