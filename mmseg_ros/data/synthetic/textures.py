@@ -8,12 +8,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from .raycast import GROUND, Hits
 from .scene import Layout, Material, Solids, label_id
 
-_LATTICE = np.random.default_rng(20240611).random((256, 256)).astype(np.float32)
+# A periodic random lattice, lightly smoothed so that bilinear lookups show no lattice creases.
+_LATTICE = cv2.GaussianBlur(np.pad(np.random.default_rng(20240611).random((256, 256)).astype(np.float32), 8, "wrap"),
+                            (0, 0), 0.8)[8:-8, 8:-8]
+_LATTICE = (_LATTICE - _LATTICE.min()) / (_LATTICE.max() - _LATTICE.min())
+_ROW = 1024  # cv2.remap wants 2-D maps under 32767 on a side: lookups go through rows of this length
 
 # LiDAR reflectivity per material (lane paint is retro-reflective: bright in intensity, flat in range).
 REFLECTIVITY = {
@@ -26,15 +31,19 @@ SIGNAL_COLORS = np.array([[1.0, 0.08, 0.05], [1.0, 0.6, 0.05], [0.1, 1.0, 0.45]]
 
 
 def noise(u, v):
-    """Smooth value noise in [0, 1], period 256 lattice cells."""
-    iu, iv = np.floor(u), np.floor(v)
-    fu, fv = u - iu, v - iv
-    fu, fv = fu * fu * (3 - 2 * fu), fv * fv * (3 - 2 * fv)
-    i0, j0 = iu.astype(np.int64) & 255, iv.astype(np.int64) & 255
-    i1, j1 = (i0 + 1) & 255, (j0 + 1) & 255
-    top = _LATTICE[j0, i0] * (1 - fu) + _LATTICE[j0, i1] * fu
-    bottom = _LATTICE[j1, i0] * (1 - fu) + _LATTICE[j1, i1] * fu
-    return top * (1 - fv) + bottom * fv
+    """Smooth value noise in [0, 1], period 256 lattice cells (bilinear lookups in C through cv2.remap)."""
+    u = np.asarray(u)
+    n = u.size
+    rows = -(-n // _ROW)
+    maps = []
+    for c in (u, v):
+        flat = np.zeros(rows * _ROW, np.float32)
+        flat[:n] = np.mod(np.ravel(c), 256.0)
+        maps.append(flat.reshape(rows, _ROW))
+    if n == 0:
+        return np.zeros(u.shape, np.float32)
+    out = cv2.remap(_LATTICE, maps[0], maps[1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_WRAP)
+    return out.ravel()[:n].reshape(u.shape)
 
 
 def fbm(u, v, octaves: int = 3):

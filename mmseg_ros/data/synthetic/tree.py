@@ -139,9 +139,9 @@ def write_tree(root, plans: Sequence[MapPlan], size: int, workers: int = 1, over
         for task in tasks:
             yield _render_map_chunk(task)
         return
-    # fork keeps start-up cheap; each worker only renders and writes files.
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    with ctx.Pool(workers) as pool:
+    # Fresh interpreters, not forks: the caller may hold thread pools (torch, OpenCV) that a fork copies in a
+    # locked state. Each worker renders on one core.
+    with mp.get_context("spawn").Pool(workers, initializer=cv2.setNumThreads, initargs=(1,)) as pool:
         yield from pool.imap_unordered(_render_map_chunk, tasks)
 
 
