@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import re
 import signal
 import subprocess
@@ -76,26 +75,21 @@ class Listener:
     def __init__(self):
         dds.configure_transport()  # before rclpy.init; the node and sensor processes inherit it
         import rclpy
-        from rclpy.executors import SingleThreadedExecutor
+
+        from mmseg_ros.rosutil import SpinThread
 
         self.rclpy = rclpy
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
         self.node = rclpy.create_node("segment_node_test", context=self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
         self.lock = threading.Lock()
         self.images: Dict[str, List[Seen]] = {}
         self.diags: List[Diag] = []
         self.strings: Dict[str, List[str]] = {}
-        self._thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self._thread.start()
+        self._spinner = SpinThread(self.node, context=self.context)
 
     def close(self):
-        self.executor.shutdown()
-        self._thread.join(5.0)
-        self.node.destroy_node()
-        self.rclpy.try_shutdown(context=self.context)
+        self._spinner.close()
 
     def watch_images(self, topic: str, check=None, best_effort=False):
         from rclpy.qos import QoSProfile, ReliabilityPolicy
