@@ -316,7 +316,11 @@ def test_bad_settings_are_named():
     with pytest.raises(ConfigError, match="rig.lidar.beam"):
         SceneGenerator(0, 64, overrides={"rig": {"lidar": {"beam": 64}}})
     with pytest.raises(ConfigError, match="size"):
-        SceneGenerator(0, 63)
+        SceneGenerator(0, 8)
+    with pytest.raises(ConfigError, match="seed"):
+        SceneGenerator(-1, 64)
+    with pytest.raises(ConfigError, match="index"):
+        SceneGenerator(0, 64).render_frame(-1)
     assert cli.main(["synth", "--frames", "2"]) == 1  # nothing to do
 
 

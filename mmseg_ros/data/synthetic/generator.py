@@ -46,8 +46,10 @@ class SceneGenerator:
     def __init__(self, seed: int = 0, size: int = 256, condition: str = "sun", failure: str | None = None, *,
                  ego_speed: float | None = None, dynamic: bool = True, overrides: dict | None = None):
         config.check_case(condition, failure)
-        if int(size) < 16 or int(size) % 2:
-            raise ConfigError(f"size must be an even number of pixels >= 16, got {size!r}")
+        if int(size) < 16:
+            raise ConfigError(f"size must be at least 16 pixels, got {size!r}")
+        if int(seed) < 0:
+            raise ConfigError(f"seed must be >= 0, got {seed!r}")
         self.seed, self.size, self.condition, self.failure = int(seed), int(size), condition, failure
         self.cfg = config.load(overrides)
         self.cond = self.cfg.conditions.get(condition)
@@ -81,6 +83,8 @@ class SceneGenerator:
     def render_frame(self, index: int, all_events: bool = False) -> dict:
         """Camera frame `index`. With all_events, `events` lists every (time, event image) of the camera period
         (event_hz / camera_hz of them, oldest first), the last being `event`."""
+        if int(index) < 0:
+            raise ConfigError(f"frame index must be >= 0, got {index!r}")
         rates = self.cfg.rig.rates
         t = self.camera_time(index)
         view = self._view(t)
@@ -95,7 +99,8 @@ class SceneGenerator:
         lidar = sensors.project_points(points, self.camera_from_lidar, self.intrinsics, self.cfg.rig.lidar.max_range_m)
         meta = self._meta(index, t, lidar_time)
         meta["stamps"] = self._stamps(index, t, lidar_time, event_ends)
-        frame = dict(rgb=rgb, depth=view.depth, event=events[-1][1], lidar=lidar, labels=view.labels,
+        # Copies: the view stays cached for the next frame's event window and must not change under the caller.
+        frame = dict(rgb=rgb, depth=view.depth.copy(), event=events[-1][1], lidar=lidar, labels=view.labels.copy(),
                      lidar_points=points, meta=meta)
         if all_events:
             frame["events"] = events
@@ -103,7 +108,7 @@ class SceneGenerator:
 
     def render_depth(self, time: float) -> np.ndarray:
         """The exact depth image at any time (e.g. the LiDAR's), for checks."""
-        return self._view(time).depth
+        return self._view(time).depth.copy()
 
     # -- internals --------------------------------------------------------------------------------------------
     def _rng(self, index: int, stream: int, sub: int = 0):

@@ -185,7 +185,7 @@ class Street:
         self.facade_style = float(rng.uniform(0, 1))
         # Traffic streams: (lane centre y, speed along x, yaw). Oncoming lanes first, then the ego's other lanes.
         self.streams = [((k + 0.5) * 3.5, -float(rng.uniform(8.0, 13.0)), np.pi) for k in range(lanes)]
-        self.streams += [(-(k + 0.5) * 3.5, ego_speed + float(rng.uniform(-3.0, 3.0)), 0.0)
+        self.streams += [(-(k + 0.5) * 3.5, float(rng.uniform(6.0, 13.0)), 0.0)
                          for k in range(lanes) if k != self.layout.ego_lane]
         self._blocks = {}
         self._lead = self._lead_vehicle(rng)
