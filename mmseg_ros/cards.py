@@ -168,7 +168,8 @@ def from_dict(data, source: str = "<card>", base_dir=None, path=None) -> ModelCa
         class_set = classes.from_dict(class_ref, f"{where} 'classes'")
     elif isinstance(class_ref, str):
         beside_card = base / class_ref
-        class_set = classes.load(str(beside_card) if class_ref.endswith((".yaml", ".yml")) and beside_card.is_file() else class_ref)
+        is_file_beside = class_ref.endswith((".yaml", ".yml")) and beside_card.is_file()
+        class_set = classes.load(str(beside_card) if is_file_beside else class_ref)
     else:
         raise ConfigError(f"{where}: 'classes' must be a class-set name, a path or an inline set, got {class_ref!r}")
 

@@ -12,6 +12,7 @@ Defaults stay small because this usually runs on a shared 2-core CPU: tiny + Hie
 from __future__ import annotations
 
 import os
+import sys
 
 DEFAULT_CARDS = ["test_tiny_mle_sam", "test_tiny_memory_sam", "mle_sam_hiera_t", "memory_sam_hiera_t"]
 
@@ -65,6 +66,7 @@ def main(args) -> int:
                 ms = median_ms(time_call(forward, repeat=args.repeat, warmup=args.warmup))
                 code = modalities.short_code(subset)
                 forward_rows.append((card.name, size, n, code, ms, ms / n))
+                print(f"{card.name} {size}px {code}: {ms:.1f} ms", file=sys.stderr, flush=True)
             experts = getattr(getattr(model, "backbone", None), "experts", None)
             if not args.no_loop and experts is not None and experts.num_experts > 1:
                 batched, looped = _batched_vs_looped(model, images, args, sync, torch)

@@ -49,13 +49,15 @@ class MultiModalSegmenter(nn.Module):
                 raise ConfigError(f"{self.card.name}: input {name!r} has shape {tuple(t.shape)}, {names[0]!r} has {tuple(first)}")
         batch, _, height, width = first
         if height % 32 or width % 32:
-            raise ConfigError(f"{self.card.name}: input size {height}x{width} must be a multiple of 32 (card: {self.card.input_size})")
+            raise ConfigError(f"{self.card.name}: input size {height}x{width} must be a multiple of 32 "
+                              f"(card: {self.card.input_size})")
         if present is None:
             present = torch.ones(batch, len(names), dtype=torch.bool, device=tensors[0].device)
         else:
             present = torch.as_tensor(present, device=tensors[0].device).bool()
             if tuple(present.shape) != (batch, len(names)):
-                raise ConfigError(f"{self.card.name}: 'present' must have shape (B, M_given) = {(batch, len(names))}, got {tuple(present.shape)}")
+                raise ConfigError(f"{self.card.name}: 'present' must have shape (B, M_given) = {(batch, len(names))}, "
+                                  f"got {tuple(present.shape)}")
             if not bool(present.any(dim=1).all()):
                 empty = (~present.any(dim=1)).nonzero().flatten().tolist()
                 raise ConfigError(f"{self.card.name}: samples {empty} have no modality present")

@@ -72,7 +72,8 @@ def read_checkpoint(path) -> Dict[str, Any]:
     path = Path(path)
     data = load_torch_file(path, "checkpoint")
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        hint = " (an official SAM2 checkpoint belongs in the card's sam2.checkpoint)" if isinstance(data, dict) and "model" in data else ""
+        official = isinstance(data, dict) and "model" in data
+        hint = " (an official SAM2 checkpoint belongs in the card's sam2.checkpoint)" if official else ""
         raise CheckpointError(f"{path} is not an mmseg_ros checkpoint{hint}")
     if data.get("version") != VERSION:
         raise CheckpointError(f"{path}: checkpoint format version {data.get('version')!r}, this mmseg_ros reads {VERSION}")

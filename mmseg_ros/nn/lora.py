@@ -67,11 +67,11 @@ class LoRAQKV(nn.Linear):
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         # Same initialisation as LoRA's reference code: A like a Linear layer's weight, B zero.
         bound = 1.0 / math.sqrt(self.in_features)
-        ref = qkv.weight
-        self.lora_a_q = nn.Parameter(torch.empty(experts, self.in_features, rank, device=ref.device, dtype=ref.dtype).uniform_(-bound, bound))
-        self.lora_b_q = nn.Parameter(torch.zeros(experts, rank, dim_out, device=ref.device, dtype=ref.dtype))
-        self.lora_a_v = nn.Parameter(torch.empty(experts, self.in_features, rank, device=ref.device, dtype=ref.dtype).uniform_(-bound, bound))
-        self.lora_b_v = nn.Parameter(torch.zeros(experts, rank, dim_out, device=ref.device, dtype=ref.dtype))
+        like = {"device": qkv.weight.device, "dtype": qkv.weight.dtype}
+        self.lora_a_q = nn.Parameter(torch.empty(experts, self.in_features, rank, **like).uniform_(-bound, bound))
+        self.lora_b_q = nn.Parameter(torch.zeros(experts, rank, dim_out, **like))
+        self.lora_a_v = nn.Parameter(torch.empty(experts, self.in_features, rank, **like).uniform_(-bound, bound))
+        self.lora_b_v = nn.Parameter(torch.zeros(experts, rank, dim_out, **like))
 
     @property
     def num_experts(self) -> int:
@@ -108,7 +108,8 @@ class LoRAQKV(nn.Linear):
     def merged_linear(self) -> nn.Linear:
         """A plain Linear whose weight includes the (single) adapter; the inference form of this layer."""
         if self.num_experts != 1:
-            raise ConfigError(f"only a single LoRA adapter can be merged into the weights, this layer has {self.num_experts} experts")
+            raise ConfigError(f"only a single LoRA adapter can be merged into the weights, "
+                              f"this layer has {self.num_experts} experts")
         dim_out = self.out_features // 3
         merged = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
                            device=self.weight.device, dtype=self.weight.dtype)

@@ -23,14 +23,16 @@ def ohem_cross_entropy(logits: torch.Tensor, target: torch.Tensor, thresh: float
                        ignore_index: int = IGNORE_INDEX, min_kept_divisor: int = MIN_KEPT_DIVISOR) -> torch.Tensor:
     """logits (B, K, H, W), target (B, H, W) long in 0..K-1 or ignore_index -> scalar loss."""
     if logits.ndim != 4 or target.shape != (logits.shape[0], *logits.shape[2:]):
-        raise DataError(f"OHEM: logits (B, K, H, W) and target (B, H, W) must agree, got {tuple(logits.shape)} and {tuple(target.shape)}")
+        raise DataError(f"OHEM: logits (B, K, H, W) and target (B, H, W) must agree, "
+                        f"got {tuple(logits.shape)} and {tuple(target.shape)}")
     valid = target != ignore_index
     n_valid = int(valid.sum())
     if n_valid == 0:
         return logits.sum() * 0.0  # keeps the graph (and DDP) intact when a batch is all-ignore
     bad = target[valid]
     if int(bad.min()) < 0 or int(bad.max()) >= logits.shape[1]:
-        raise DataError(f"OHEM: labels must be in 0..{logits.shape[1] - 1} or {ignore_index}, found {int(bad.min())}..{int(bad.max())}")
+        raise DataError(f"OHEM: labels must be in 0..{logits.shape[1] - 1} or {ignore_index}, "
+                        f"found {int(bad.min())}..{int(bad.max())}")
     pixel_loss = F.cross_entropy(logits.float(), target.long(), ignore_index=ignore_index, reduction="none").flatten()
     min_kept = max(n_valid // min_kept_divisor, 1)
     hard = pixel_loss[pixel_loss > -math.log(thresh)]

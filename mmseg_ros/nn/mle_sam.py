@@ -149,7 +149,8 @@ def _validate(options, loss_options, where: str) -> None:
     if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0 <= dropout < 1:
         raise ConfigError(f"{where}: 'mle_sam.aux_dropout' must be in [0, 1), got {dropout!r}")
     if not isinstance(options["train_decoder_transformer"], bool):
-        raise ConfigError(f"{where}: 'mle_sam.train_decoder_transformer' must be true or false, got {options['train_decoder_transformer']!r}")
+        raise ConfigError(f"{where}: 'mle_sam.train_decoder_transformer' must be true or false, "
+                          f"got {options['train_decoder_transformer']!r}")
     weights = loss_options["weights"]
     if len(weights) != 2:
         raise ConfigError(f"{where}: 'loss.weights' must be [w0, w1] (decoder path, auxiliary path), got {list(weights)!r}")
