@@ -9,6 +9,9 @@ import pytest
 os.environ.setdefault("ROS_DOMAIN_ID", str(random.Random(os.getpid()).randint(1, 100)))
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
+# Before any test module imports torch (mmseg_ros sets it too, but a test may import torch first): see
+# mmseg_ros/__init__.py for why busy-waiting OpenMP threads must not run on a shared CPU.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 @pytest.fixture(scope="session", autouse=True)
