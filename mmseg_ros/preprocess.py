@@ -43,6 +43,14 @@ def to_unit(modality: str, image: np.ndarray) -> np.ndarray:
     return _three_channels(unit, spec.name)
 
 
+def resample_nearest(modality: str) -> bool:
+    """Whether resizing this modality must use nearest neighbour: metric images (blending a return with a
+    "no return" 0 invents a range) and sparse ones (event counts, LiDAR). Training transforms and the engine both
+    ask here, so the model sees the same resampling in both."""
+    spec = modalities.get(modality)
+    return spec.value_range is not None or spec.sparse
+
+
 def _metric(metres: np.ndarray, value_range) -> np.ndarray:
     lo, hi = value_range
     valid = np.isfinite(metres) & (metres > 0)

@@ -77,9 +77,9 @@ def test_engine_matches_the_model_on_the_same_inputs(segmenter, trained):
     names, inputs, size = segmenter.preprocess({"rgb": raw["rgb"], "lidar": raw["lidar"]})
     assert names == ["rgb", "lidar"] and size == (70, 45)
     assert all(t.shape == (1, 3, 64, 64) for t in inputs.values())
-    with torch.no_grad():
-        logits = F.interpolate(model(inputs)["logits"], size=size, mode="bilinear", align_corners=False)
-    probs = torch.softmax(logits, 1)[0]
+    with torch.no_grad():  # the engine's contract: softmax at model size, probabilities upsampled bilinearly
+        probs = F.interpolate(torch.softmax(model(inputs)["logits"], 1), size=size, mode="bilinear",
+                              align_corners=False)[0]
     result = segmenter.segment({"lidar": raw["lidar"], "rgb": raw["rgb"]})
     np.testing.assert_array_equal(result.labels, probs.argmax(0).numpy())
     np.testing.assert_allclose(result.confidence, probs.max(0).values.numpy(), rtol=1e-5, atol=1e-6)

@@ -26,11 +26,8 @@ CAMERA = modalities.get("rgb").name  # the modality photometric augmentation app
 
 
 def default_nearest() -> frozenset:
-    """Modalities resampled nearest by default: the metric ones (registry `value_range`) and any flagged sparse."""
-    return frozenset(
-        spec.name for spec in modalities.REGISTRY.values()
-        if spec.value_range is not None or getattr(spec, "sparse", False)
-    )
+    """Modalities resampled nearest by default (`preprocess.resample_nearest`: metric and sparse ones)."""
+    return frozenset(name for name in modalities.REGISTRY if preprocess.resample_nearest(name))
 
 
 def _pair(size, what: str) -> Tuple[int, int]:
