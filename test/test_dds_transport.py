@@ -5,7 +5,6 @@ shipped profile (config/fastdds_shm.xml, set by mmseg_ros.dds.configure_transpor
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import select
@@ -22,7 +21,6 @@ from mmseg_ros import dds
 
 PEER = Path(__file__).with_name("dds_peer.py")
 RATE_HZ = 10.0  # leaves the subscriber 0.5 s of slack (sensor-data QoS keeps 5) when other jobs hold the cores
-needs_ros = pytest.mark.skipif(importlib.util.find_spec("rclpy") is None, reason="needs rclpy (the ROS 2 wheels)")
 
 
 # ---- configure_transport and the profile file ------------------------------------------------------------------------
@@ -114,7 +112,6 @@ def _report(run: dict) -> str:
     )
 
 
-@needs_ros
 def test_shipped_profile_delivers_large_best_effort_images(record_property):
     frames = 40
     run = exchange(profile=True, frames=frames)
@@ -128,7 +125,6 @@ def test_shipped_profile_delivers_large_best_effort_images(record_property):
         assert len(set(stats["counters"])) == len(stats["counters"]), f"{enc}: duplicated frames"
 
 
-@needs_ros
 def test_without_profile_large_best_effort_images_are_lost(record_property):
     """The measurement that justifies shipping the profile. Where a machine's defaults happen to carry the images
     (then the profile is merely harmless) the test is skipped rather than failed."""

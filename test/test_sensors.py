@@ -18,7 +18,6 @@ from mmseg_ros.data.synthetic import bag, config
 from mmseg_ros.data.synthetic.generator import SceneGenerator
 from mmseg_ros.errors import ConfigError, MessageError
 
-needs_ros = pytest.mark.skipif(importlib.util.find_spec("rclpy") is None, reason="needs rclpy (the ROS 2 wheels)")
 RIG = config.load().rig
 RATES_HZ = {"rgb": RIG.rates.camera_hz, "depth": RIG.rates.camera_hz, "lidar": RIG.rates.lidar_hz,
             "event": RIG.rates.event_hz, "labels": RIG.rates.camera_hz, "camera_info": RIG.rates.camera_hz,
@@ -175,7 +174,6 @@ def _seconds(text: str) -> int:
     return int(sec) * 10**9 + int(nsec)
 
 
-@needs_ros
 def test_publishes_rates_encodings_drops_and_bad_messages():
     keys = sensors.used_keys(points=True, gt=True)
     listener = Listener(keys, reliable=True)
@@ -238,7 +236,6 @@ def test_publishes_rates_encodings_drops_and_bad_messages():
     assert labels.dtype == np.uint8 and ((labels < 25) | (labels == 255)).all()
 
 
-@needs_ros
 def test_sigint_ends_the_default_best_effort_publisher_with_exit_0_within_2_s_and_clock_runs_scaled():
     listener = Listener(sensors.used_keys(points=False, gt=False), reliable=False, clock=True)
     rate_scale = 0.5
