@@ -1,0 +1,171 @@
+"""One offline replay, end to end: open the bag, build the engine, stream the messages, write outputs and report."""
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+from typing import Dict, Iterable, Optional
+
+import numpy as np
+
+from .. import modalities, msgs
+from ..atomic import atomic_open
+from ..data.synthetic.bag import LABELS_TOPIC
+from ..errors import ConfigError
+from ..evaluation.metrics import NAN_POLICY
+from ..evaluation.tables import save_json
+from ..node_config import NODE_NAME, NodeConfig
+from . import report as report_lib
+from .bagio import InputBag, OutputBag
+from .offline import Drop, Frame, OfflineReplay, decode_labels
+from .scoring import Scorer
+
+OUTPUT_BAG = "segmented"
+REPORT_JSON, REPORT_MD = "report.json", "report.md"
+OUTPUT_TOPICS = {kind: f"/{NODE_NAME}/{kind}" for kind in ("labels", "confidence", "color")}
+
+
+def input_topics(config: NodeConfig) -> Dict[str, str]:
+    """modality -> absolute topic in the bag: the registry's default topic (what segment_node subscribes to)."""
+    return {m: "/" + modalities.get(m).topic for m in config.modalities}
+
+
+def replay_offline(bag_path, config: NodeConfig, *, drops: Iterable[Drop] = (), out=None, storage: Optional[str] = None,
+                   write_bag: bool = True, score_size: str = "input", labels_topic: Optional[str] = None,
+                   progress: bool = True, segmenter=None) -> Dict:
+    """Replay `bag_path` offline; returns the report document (also written to `out` when given)."""
+    drops = tuple(drops)
+    with InputBag(bag_path) as bag:
+        topics = input_topics(config)
+        bag.require(topics.values(), "an input of the model")
+        if labels_topic:
+            bag.require([labels_topic], "the ground-truth labels topic given")
+        elif LABELS_TOPIC in bag.topics:
+            labels_topic = LABELS_TOPIC
+        if segmenter is None:
+            segmenter = _segmenter(config)
+        output_size = tuple(config.card.input_size) if score_size == "model" else None
+        custom = bag.custom_data
+        scorer = Scorer(config.card.num_classes, config.modalities, drops, condition=custom.get("mmseg.condition"),
+                        slop_ns=int(config.slop * 1e9), score_size=output_size)
+        stage_ms: Dict[str, list] = {s: [] for s in report_lib.STAGES}
+        output = None
+        if write_bag and out is not None:
+            output = OutputBag(Path(out) / OUTPUT_BAG, storage or _storage_of(bag),
+                               OUTPUT_TOPICS.values(), custom_data={"mmseg.replay_of": str(bag.path),
+                                                                    "mmseg.card": config.card.name})
+
+        def on_frame(frame: Frame) -> None:
+            begin = time.perf_counter()
+            if output is not None:
+                num_classes = config.card.num_classes
+                output.write(OUTPUT_TOPICS["labels"], frame.log_ns,
+                             msgs.labels_to_image(frame.labels, num_classes, frame.header, ros=False))
+                output.write(OUTPUT_TOPICS["confidence"], frame.log_ns,
+                             msgs.confidence_to_image(frame.confidence, frame.header, ros=False))
+                if frame.color is not None:
+                    output.write(OUTPUT_TOPICS["color"], frame.log_ns,
+                                 msgs.color_to_image(frame.color, frame.header, ros=False))
+            encode = 1e3 * (time.perf_counter() - begin)
+            for stage in ("preprocess", "forward", "postprocess"):
+                stage_ms[stage].append(frame.timing[stage])
+            stage_ms["encode"].append(encode)
+            stage_ms["total"].append(frame.timing["total"] + encode)
+            scorer.add_frame(frame)
+            frame.labels = frame.confidence = frame.color = None  # scored and written: let them go
+
+        replay = OfflineReplay(segmenter, config, bag.start_ns, drops, output_size=output_size,
+                               color=output is not None, on_frame=on_frame)
+        modality_of = {t: m for m, t in topics.items()}
+        read = list(topics.values()) + ([labels_topic] if labels_topic else [])
+        total = sum(bag.message_count(t) for t in read)
+        start = time.perf_counter()
+        with (output if output is not None else _nothing()), _progress(total, progress) as bar:
+            for topic, log_ns, msg in bag.messages(read):
+                if topic == labels_topic:
+                    from ..sync import stamp_to_ns
+
+                    scorer.add_truth(stamp_to_ns(msg.header.stamp), decode_labels(msg))
+                else:
+                    replay.add(modality_of[topic], log_ns, msg)
+                bar.update(1)
+            replay.finish()
+        wall = time.perf_counter() - start
+        if replay.frames == 0:
+            raise ConfigError(f"bag {bag.path}: no set was synchronized from {list(topics.values())} "
+                              f"(messages read: {replay.counters.messages})")
+        stage_ms["decode"] = replay.counters.decode_ms
+        stage_ms["sync_wait"] = replay.counters.wait_ms
+        doc = _document(bag, config, segmenter, topics, labels_topic, drops, score_size, replay, scorer, stage_ms,
+                        wall, output)
+    if out is not None:
+        save_json(doc, Path(out) / REPORT_JSON)
+        with atomic_open(Path(out) / REPORT_MD, "w") as f:
+            f.write(report_lib.to_markdown(doc))
+    return doc
+
+
+def _segmenter(config: NodeConfig):
+    from ..engine import Segmenter
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "no checkpoint" etc.: the report names the model and checkpoint
+        segmenter = Segmenter(config.card, checkpoint=config.checkpoint, device=config.device,
+                              precision=config.precision)
+    height, width = config.card.input_size
+    segmenter.segment({m: np.zeros((height, width), np.uint8) for m in config.modalities})  # warm-up, as the node
+    return segmenter
+
+
+def _storage_of(bag: InputBag) -> str:
+    return bag.storage if bag.storage in ("mcap", "sqlite3") else "mcap"
+
+
+def _document(bag, config, segmenter, topics, labels_topic, drops, score_size, replay, scorer, stage_ms, wall,
+              output) -> Dict:
+    c = replay.counters
+    custom = bag.custom_data
+    duration = (bag.end_ns - bag.start_ns) / 1e9
+    doc = {
+        "schema": report_lib.SCHEMA, "units": "percent", "metric_note": NAN_POLICY, "mode": "offline",
+        "model": {"name": config.card.name, "checkpoint": config.checkpoint or config.card.checkpoint,
+                  "input_size": list(config.card.input_size), "modalities": list(config.modalities),
+                  "device": str(segmenter.device)},
+        "bag": {"path": str(bag.path), "storage": bag.storage, "duration_s": duration,
+                "condition": custom.get("mmseg.condition"), "failure": custom.get("mmseg.failure"),
+                "topics": topics, "labels_topic": labels_topic},
+        "settings": {"score_size": score_size, "drops": [d.label for d in drops],
+                     "sync": {"anchor": config.anchor, "fallback": list(config.fallback), "slop": config.slop,
+                              "max_wait": config.max_wait, "anchor_timeout": config.anchor_timeout,
+                              "min_modalities": config.min_modalities}},
+        "classes": list(config.card.class_names),
+        "frames": {"anchor_messages": c.messages[config.anchor], "processed": replay.frames, "scored": scorer.scored,
+                   "unscored": scorer.unscored, "labels": scorer.labels_seen, "below_min": c.below_min,
+                   "by_anchor": dict(replay.anchor_counts), "used": dict(replay.used_counts)},
+        "inputs": {m: {"topic": topics[m], "messages": c.messages[m], "dropped": c.dropped[m],
+                       "rejected": c.rejected[m], "backwards": c.backwards[m],
+                       "last_error": replay.health.get(m).last_error} for m in config.modalities},
+    }
+    doc.update(report_lib.scores_section(scorer, config.card.class_names))
+    doc.update(report_lib.windows_section(scorer))
+    doc["latency_ms"] = {stage: report_lib.latency_entry(stage_ms[stage]) for stage in report_lib.STAGES}
+    doc["speed"] = {"wall_s": wall, "frames_per_s": replay.frames / wall if wall > 0 else 0.0,
+                    "realtime_factor": duration / wall if wall > 0 else 0.0}
+    doc["sync"] = replay.sync.stats().as_dict()
+    if output is not None:
+        doc["output_bag"] = {"path": str(output.path), "storage": output.storage, "counts": dict(output.counts)}
+    return doc
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="msg", desc="replay", disable=not enabled, leave=False)

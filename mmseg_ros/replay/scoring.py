@@ -1,0 +1,140 @@
+"""Scores of a replay: predictions matched to ground-truth labels by stamp, confusion matrices per group.
+
+A frame's prediction is scored against the ground-truth image whose stamp is nearest to the frame's (anchor) stamp
+within `slop`; ground truth may come before or after the prediction in the bag, so each side waits for the other
+(ground truth is kept for `keep_s` of bag time). Groups: all frames; each modality subset the engine actually
+received (paper code, e.g. R-E-L); the bag's condition (from its metadata); each drop-out window (frames whose
+anchor arrived inside it). Window accounting (frames, how many used each modality) covers every frame, scored or not.
+
+`score_size` "model" scores at the model's input size, as `mmseg eval` scores DELIVER-tree frames: the ground truth
+goes through the evaluation pipeline's label resize (nearest) and the engine is asked for outputs at that size.
+"""
+from __future__ import annotations
+
+import bisect
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..evaluation.metrics import ConfusionMatrix
+from ..evaluation.subsets import subset_code
+from .offline import Drop, Frame
+
+ALL = "all"
+
+
+class WindowCount:
+    def __init__(self, drop: Drop, modalities: Sequence[str]):
+        self.drop = drop
+        self.frames = 0
+        self.used = {m: 0 for m in modalities}
+
+
+class Scorer:
+    def __init__(self, num_classes: int, modalities: Sequence[str], drops: Sequence[Drop] = (),
+                 condition: Optional[str] = None, slop_ns: int = 50_000_000, score_size: Optional[Tuple[int, int]] = None,
+                 keep_s: float = 5.0):
+        self.num_classes = num_classes
+        self.modalities = tuple(modalities)
+        self.drops = tuple(drops)
+        self.condition = condition
+        self.slop_ns = int(slop_ns)
+        self.score_size = score_size
+        self.keep_ns = int(keep_s * 1e9)
+        self.overall = ConfusionMatrix(num_classes)
+        self.subsets: Dict[str, ConfusionMatrix] = {}
+        self.subset_frames: Dict[str, int] = {}
+        self.subset_modalities: Dict[str, Tuple[str, ...]] = {}
+        self.conditions: Dict[str, ConfusionMatrix] = {}
+        self.windows = [WindowCount(d, self.modalities) for d in self.drops]
+        self.window_matrices = [ConfusionMatrix(num_classes) for _ in self.drops]
+        self.outside = ConfusionMatrix(num_classes)  # frames in no drop-out window
+        self.frames = 0
+        self.outside_frames = 0
+        self.scored = 0
+        self.labels_seen = 0
+        self._truth: List[Tuple[int, np.ndarray]] = []  # (stamp, labels), sorted by stamp
+        self._waiting: List[Tuple[Frame, np.ndarray]] = []  # predictions whose ground truth may still come
+        self._newest_ns: Optional[int] = None
+
+    # -- input ----------------------------------------------------------------------------------------------------
+
+    def add_truth(self, stamp_ns: int, labels: np.ndarray) -> None:
+        self.labels_seen += 1
+        labels = self._at_score_size(labels)
+        bisect.insort(self._truth, (stamp_ns, labels), key=lambda item: item[0])
+        self._advance(stamp_ns)
+        still = []
+        for frame, prediction in self._waiting:
+            truth = self._match(frame.stamp_ns)
+            if truth is None:
+                still.append((frame, prediction))
+            else:
+                self._score(frame, prediction, truth)
+        self._waiting = still
+
+    def add_frame(self, frame: Frame) -> None:
+        self.frames += 1
+        inside = False
+        for window, drop in zip(self.windows, self.drops):
+            if drop.covers(frame.time_s):
+                inside = True
+                window.frames += 1
+                for m in frame.used:
+                    window.used[m] += 1
+        self.outside_frames += not inside
+        truth = self._match(frame.stamp_ns)
+        if truth is None:
+            self._waiting.append((frame, frame.labels))
+        else:
+            self._score(frame, frame.labels, truth)
+        self._advance(frame.stamp_ns)
+
+    @property
+    def unscored(self) -> int:
+        return self.frames - self.scored
+
+    # -- internals ------------------------------------------------------------------------------------------------
+
+    def _at_score_size(self, labels: np.ndarray) -> np.ndarray:
+        if self.score_size is None or labels.shape[:2] == tuple(self.score_size):
+            return np.array(labels)  # a copy: message buffers are not kept alive
+        from ..data.transforms import Resize
+
+        return Resize(self.score_size)({"inputs": {}, "label": labels})["label"]
+
+    def _match(self, stamp_ns: int) -> Optional[np.ndarray]:
+        stamps = [s for s, _ in self._truth]
+        at = bisect.bisect_left(stamps, stamp_ns - self.slop_ns)
+        best = None
+        for s, labels in self._truth[at:]:
+            if s > stamp_ns + self.slop_ns:
+                break
+            if best is None or abs(s - stamp_ns) < abs(best[0] - stamp_ns):
+                best = (s, labels)
+        return None if best is None else best[1]
+
+    def _advance(self, stamp_ns: int) -> None:
+        """Forget ground truth (and give up on predictions) more than keep_s behind the newest stamp."""
+        self._newest_ns = stamp_ns if self._newest_ns is None else max(self._newest_ns, stamp_ns)
+        limit = self._newest_ns - self.keep_ns
+        self._truth = [item for item in self._truth if item[0] >= limit]
+        self._waiting = [item for item in self._waiting if item[0].stamp_ns >= limit]
+
+    def _score(self, frame: Frame, prediction: np.ndarray, truth: np.ndarray) -> None:
+        self.scored += 1
+        matrices = [self.overall]
+        code = subset_code(frame.used)
+        if code not in self.subsets:
+            self.subsets[code] = ConfusionMatrix(self.num_classes)
+            self.subset_frames[code] = 0
+            self.subset_modalities[code] = tuple(frame.used)
+        self.subset_frames[code] += 1
+        matrices.append(self.subsets[code])
+        if self.condition:
+            matrices.append(self.conditions.setdefault(self.condition, ConfusionMatrix(self.num_classes)))
+        inside = [i for i, d in enumerate(self.drops) if d.covers(frame.time_s)]
+        matrices += [self.window_matrices[i] for i in inside] or [self.outside]
+        single = ConfusionMatrix(self.num_classes).update(prediction, truth)
+        for matrix in matrices:
+            matrix.merge(single)
