@@ -130,6 +130,8 @@ def load(name_or_path) -> ModelCard:
             data = yaml.safe_load(f)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    except OSError as exc:  # permission denied, a folder, an I/O error: the user must see which file
+        raise ConfigError(f"{path}: cannot read model card ({exc.strerror or exc})") from None
     return from_dict(data, source=str(path), base_dir=path.parent, path=path)
 
 
