@@ -25,6 +25,9 @@ from .sam2_backbone import check_state_matches, load_torch_file
 
 FORMAT = "mmseg_ros.checkpoint"
 VERSION = 1
+REQUIRED_KEYS = ("architecture", "card", "classes", "modalities", "lora_rank", "sam2", "trainable", "stores_frozen",
+                 "state")
+SHOWN = 6  # list entries shown in an error message
 
 
 def save_checkpoint(model, path, meta: Optional[Mapping[str, Any]] = None) -> Path:
@@ -77,6 +80,12 @@ def read_checkpoint(path) -> Dict[str, Any]:
         raise CheckpointError(f"{path} is not an mmseg_ros checkpoint{hint}")
     if data.get("version") != VERSION:
         raise CheckpointError(f"{path}: checkpoint format version {data.get('version')!r}, this mmseg_ros reads {VERSION}")
+    missing = [key for key in REQUIRED_KEYS if key not in data]
+    if missing:
+        raise CheckpointError(f"{path}: damaged mmseg_ros checkpoint, missing {missing}")
+    malformed = [key for key in ("card", "sam2", "state") if not isinstance(data[key], dict)]
+    if malformed:
+        raise CheckpointError(f"{path}: damaged mmseg_ros checkpoint, {malformed} must be mappings")
     data["path"] = str(path)
     return data
 
@@ -94,7 +103,7 @@ def check_compatible(card, ckpt: Mapping[str, Any]) -> None:
         ("SAM2 overrides", list(ckpt["sam2"]["overrides"]), list(card.sam2_overrides)),
         ("trainable setting", ckpt["trainable"], card.trainable),
     ]
-    problems = [f"{what}: checkpoint has {_show(theirs)}, card {card.name!r} has {_show(ours)}"
+    problems = [f"{what}: checkpoint has {_show(theirs)}, card {card.name!r} has {_show(ours)}{_only_in(theirs, ours)}"
                 for what, theirs, ours in sides if theirs != ours]
     if problems:
         raise CheckpointError(f"{where} does not fit card {card.name!r}: " + "; ".join(problems))
@@ -133,6 +142,17 @@ def load_checkpoint(path, card=None):
 
 
 def _show(value) -> str:
-    if isinstance(value, list) and len(value) > 6:
-        return f"{len(value)} {value[:6]}..."
+    if isinstance(value, list) and len(value) > SHOWN:
+        return f"{len(value)} {value[:SHOWN]}..."
     return repr(value)
+
+
+def _only_in(theirs, ours) -> str:
+    """For long lists, which entries differ: they may lie past what `_show` prints."""
+    if not (isinstance(theirs, list) and isinstance(ours, list)) or max(len(theirs), len(ours)) <= SHOWN:
+        return ""
+    only_theirs = [v for v in theirs if v not in ours]
+    only_ours = [v for v in ours if v not in theirs]
+    if not (only_theirs or only_ours):
+        return " (same entries, other order)"
+    return f" (only in checkpoint: {_show(only_theirs)}; only in card: {_show(only_ours)})"
