@@ -44,6 +44,25 @@ def atomic_open(path, mode: str = "wb"):
             f.flush()
 
 
+def torch_save(obj, path) -> Path:
+    """torch.save(obj, path) through `atomic_open`. torch reports a failed write as an opaque RuntimeError
+    ('unexpected pos ...'); the OSError behind it (e.g. ENOSPC, disk full) is raised instead, naming the file."""
+    import torch
+
+    path = Path(path)
+    try:
+        with atomic_open(path, "wb") as f:
+            torch.save(obj, f)
+    except (RuntimeError, OSError) as exc:
+        cause = exc
+        while cause is not None and not isinstance(cause, OSError):
+            cause = cause.__context__
+        if cause is None or getattr(cause, "filename", None):
+            raise
+        raise OSError(cause.errno, cause.strerror, str(path)) from exc
+    return path
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

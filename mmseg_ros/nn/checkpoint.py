@@ -19,7 +19,7 @@ from typing import Any, Dict, Mapping, Optional
 import torch
 
 from .. import cards
-from ..atomic import atomic_path
+from ..atomic import torch_save
 from ..errors import CheckpointError, ConfigError
 from .sam2_backbone import check_state_matches, load_torch_file
 
@@ -52,10 +52,7 @@ def save_checkpoint(model, path, meta: Optional[Mapping[str, Any]] = None) -> Pa
         "state": {k: v.detach().to("cpu", copy=True) for k, v in saved_state(model).items()},
         "meta": meta,
     }
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-    return path
+    return torch_save(payload, path)
 
 
 def stores_frozen(card) -> bool:

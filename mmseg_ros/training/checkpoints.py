@@ -7,7 +7,7 @@ process, the recipe and the model card. The frozen SAM2 weights are not stored â
 the run's seed â€” but a digest of them is, so resuming against different frozen weights fails loudly instead of
 silently training something else.
 
-Files are written through `atomic.atomic_path` (temp file + fsync + rename): a run killed at any instant leaves
+Files are written through `atomic.torch_save` (temp file + fsync + rename): a run killed at any instant leaves
 either the previous complete file or the new complete one, plus at most a `.tmp-*` leftover that nothing reads.
 The shipped model (what `mmseg eval`, the engine and the node load) is exported separately in the project
 checkpoint format of `mmseg_ros.nn.checkpoint`.
@@ -22,7 +22,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-from ..atomic import atomic_path
+from ..atomic import torch_save
 from ..errors import CheckpointError
 
 FORMAT = "mmseg_ros.training_state/1"
@@ -100,10 +100,7 @@ def save_state(path, *, recipe: dict, card: dict, model, optimizer, scheduler, s
         "progress": dict(progress),
         "rng": rng,
     }
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-    return path
+    return torch_save(state, path)
 
 
 def load_state(path) -> dict:
