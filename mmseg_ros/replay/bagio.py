@@ -157,12 +157,16 @@ class OutputBag:
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._staging = Path(tempfile.mkdtemp(prefix=f".tmp-{self.path.name}-", dir=self.path.parent))
-        self._store = _typestore()
-        plugin = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}[self.storage]
-        self._writer = Writer(self._staging / self.path.name, version=Writer.VERSION_LATEST, storage_plugin=plugin)
-        self._writer.open()
-        self._connections = {t: self._writer.add_connection(t, IMAGE_TYPE, typestore=self._store)
-                             for t in self.topics}
+        try:  # __exit__ does not run when __enter__ fails (e.g. disk full as the storage file is created)
+            self._store = _typestore()
+            plugin = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}[self.storage]
+            self._writer = Writer(self._staging / self.path.name, version=Writer.VERSION_LATEST, storage_plugin=plugin)
+            self._writer.open()
+            self._connections = {t: self._writer.add_connection(t, IMAGE_TYPE, typestore=self._store)
+                                 for t in self.topics}
+        except BaseException:
+            shutil.rmtree(self._staging, ignore_errors=True)
+            raise
         return self
 
     def write(self, topic: str, log_ns: int, image) -> None:

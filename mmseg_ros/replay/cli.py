@@ -4,7 +4,7 @@
                      [--score-size input|model] [--param sync.slop=0.05 ...] [--labels-topic /gt/labels]
 
 Offline (default): messages in bag-time order, deterministic, as fast as the model runs. Writes to --out (default
-replay/<bag name>): `report.json`, `report.md` and the output bag `segmented/` with segment_node's `labels`,
+out/replay/<bag name>): `report.json`, `report.md` and the output bag `segmented/` with segment_node's `labels`,
 `confidence` and `color` topics on the input stamps (log time = the anchor's log time). Prints the Markdown report.
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ def configure(parser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--drop", action="append", default=[], metavar="MOD@T0-T1",
                         help="simulate MOD dropping out from T0 to T1 s after the bag start (repeatable)")
-    parser.add_argument("--out", help="output folder (default replay/<bag name>)")
+    parser.add_argument("--out", help="output folder (default out/replay/<bag name>)")
     parser.add_argument("--storage", choices=("mcap", "sqlite3"), help="output bag storage (default: the input's)")
     parser.add_argument("--no-output-bag", action="store_true", help="write only the report")
     parser.add_argument("--score-size", choices=SCORE_SIZES, default="input",
@@ -61,7 +61,7 @@ def main(args) -> int:
 
     config = node_config(args)
     drops = [parse_drop(text) for text in args.drop]
-    out = Path(args.out) if args.out else Path("replay") / Path(args.bag).resolve().name
+    out = Path(args.out) if args.out else Path("out", "replay", Path(args.bag).resolve().name)
     report = replay_offline(
         args.bag, config, drops=drops, out=out, storage=args.storage, write_bag=not args.no_output_bag,
         score_size=args.score_size, labels_topic=args.labels_topic, progress=not args.no_progress)

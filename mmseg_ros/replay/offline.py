@@ -76,6 +76,7 @@ class Frame:
     labels: np.ndarray
     confidence: np.ndarray
     color: Optional[np.ndarray] = None
+    images: Optional[Dict[str, np.ndarray]] = None  # the engine's inputs (views of the messages)
 
 
 @dataclass
@@ -196,7 +197,7 @@ class OfflineReplay:
         frame = Frame(
             index=self.frames, stamp_ns=sset.stamp_ns, log_ns=anchor.arrival_ns, time_s=self.seconds(anchor.arrival_ns),
             anchor=sset.anchor, used=tuple(result.modalities), missing=missing, timing=dict(result.timing),
-            header=anchor.payload[0], labels=result.labels, confidence=result.confidence, color=color)
+            header=anchor.payload[0], labels=result.labels, confidence=result.confidence, color=color, images=images)
         self.frames += 1
         self.anchor_counts[frame.anchor] += 1
         for name in frame.used:

@@ -73,7 +73,7 @@ def windows_section(scorer: Scorer) -> Dict:
 
 
 # ------------------------------------------------------------------------------------------------------- Markdown
-def to_markdown(report: Mapping) -> str:
+def to_markdown(report: Mapping, per_class: bool = True) -> str:
     model, bag, frames = report["model"], report["bag"], report["frames"]
     lines = [f"## Replay of `{bag['path']}` ({report['mode']})", "",
              f"Model **{model['name']}** on {model.get('device', '?')}; bag {bag['storage']}, "
@@ -118,7 +118,7 @@ def to_markdown(report: Mapping) -> str:
     if bad:
         lines += ["", "Rejected input messages: " + "; ".join(
             f"{m} {e['rejected']} (last: {e['last_error']})" for m, e in bad.items())]
-    if "overall" in report:
+    if per_class and "overall" in report:
         lines += ["", "### Per-class IoU / accuracy (all frames)", "",
                   per_class_table({"classes": report["classes"]}, report["overall"]), "", f"_{NAN_POLICY}._"]
     return "\n".join(lines) + "\n"

@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 import warnings
 from pathlib import Path
-from typing import Dict, Iterable, Optional
+from typing import Callable, Dict, Iterable, Optional
 
 import numpy as np
 
@@ -32,8 +32,9 @@ def input_topics(config: NodeConfig) -> Dict[str, str]:
 
 def replay_offline(bag_path, config: NodeConfig, *, drops: Iterable[Drop] = (), out=None, storage: Optional[str] = None,
                    write_bag: bool = True, score_size: str = "input", labels_topic: Optional[str] = None,
-                   progress: bool = True, segmenter=None) -> Dict:
-    """Replay `bag_path` offline; returns the report document (also written to `out` when given)."""
+                   progress: bool = True, segmenter=None, watch: Optional[Callable[[Frame], None]] = None) -> Dict:
+    """Replay `bag_path` offline; returns the report document (also written to `out` when given). `watch` sees
+    every processed frame (inputs and outputs) before its arrays are released, e.g. to draw pictures."""
     drops = tuple(drops)
     with InputBag(bag_path) as bag:
         topics = input_topics(config)
@@ -72,7 +73,9 @@ def replay_offline(bag_path, config: NodeConfig, *, drops: Iterable[Drop] = (), 
             stage_ms["encode"].append(encode)
             stage_ms["total"].append(frame.timing["total"] + encode)
             scorer.add_frame(frame)
-            frame.labels = frame.confidence = frame.color = None  # scored and written: let them go
+            if watch is not None:
+                watch(frame)
+            frame.labels = frame.confidence = frame.color = frame.images = None  # scored and written: let them go
 
         replay = OfflineReplay(segmenter, config, bag.start_ns, drops, output_size=output_size,
                                color=output is not None, on_frame=on_frame)

@@ -1,0 +1,153 @@
+"""Pictures of a replay: a PNG contact sheet (camera | labels | confidence | sensors used, a few rows across the
+drop-outs) and an animated GIF of the drive (camera | labels over camera | sensors used).
+
+`Recorder` is a `watch` callback for `replay_offline`: it keeps small tiles of every frame (a few tens of KB each),
+so a drive of a few hundred frames costs a few MB.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+
+from .. import preprocess
+from ..atomic import atomic_path
+from ..node_config import CAMERA
+from .offline import Drop, Frame
+
+BACKGROUND = (24, 24, 24)
+TEXT = (235, 235, 235)
+USED, ABSENT = (40, 170, 80), (150, 40, 40)
+FONT = cv2.FONT_HERSHEY_SIMPLEX
+
+
+@dataclass
+class Tiles:
+    time_s: float
+    anchor: str
+    used: Tuple[str, ...]
+    camera: np.ndarray  # RGB tiles, all tile x tile
+    labels: np.ndarray
+    overlay: np.ndarray
+    confidence: np.ndarray
+    sensors: np.ndarray
+
+
+class Recorder:
+    def __init__(self, class_set, modalities: Sequence[str], tile: int = 128):
+        self.class_set = class_set
+        self.modalities = tuple(modalities)
+        self.tile = int(tile)
+        self.frames: List[Tiles] = []
+
+    def __call__(self, frame: Frame) -> None:
+        size = (self.tile, self.tile)
+        camera = (frame.images or {}).get(CAMERA)
+        if camera is not None:
+            camera = np.clip(preprocess.to_unit(CAMERA, camera) * 255 + 0.5, 0, 255).astype(np.uint8)
+            camera = cv2.resize(camera, size, interpolation=cv2.INTER_AREA)
+        else:
+            camera = _caption(np.full((self.tile, self.tile, 3), 60, np.uint8), "camera out", 0.5)
+        labels = cv2.resize(self.class_set.colorize(frame.labels), size, interpolation=cv2.INTER_NEAREST)
+        confidence = (np.clip(frame.confidence, 0, 1) * 255).astype(np.uint8)
+        confidence = cv2.cvtColor(cv2.applyColorMap(confidence, cv2.COLORMAP_VIRIDIS), cv2.COLOR_BGR2RGB)
+        confidence = cv2.resize(confidence, size, interpolation=cv2.INTER_AREA)
+        overlay = labels if CAMERA not in frame.used else \
+            (0.55 * labels + 0.45 * camera.astype(np.float32)).astype(np.uint8)
+        self.frames.append(Tiles(frame.time_s, frame.anchor, frame.used, camera, labels, overlay, confidence,
+                                 self._sensors(frame)))
+
+    def _sensors(self, frame: Frame) -> np.ndarray:
+        """One bar per modality: green when the engine received it, red when not."""
+        panel = np.full((self.tile, self.tile, 3), BACKGROUND, np.uint8)
+        rows = len(self.modalities)
+        height = self.tile // (rows + 1)
+        for i, name in enumerate(self.modalities):
+            top = (i + 1) * height - height // 2
+            color = USED if name in frame.used else ABSENT
+            cv2.rectangle(panel, (6, top), (self.tile - 6, top + height - 4), color, -1)
+            label = name + (" *" if name == frame.anchor else "")
+            cv2.putText(panel, label, (10, top + height - 10), FONT, 0.4, TEXT, 1, cv2.LINE_AA)
+        cv2.putText(panel, f"t={frame.time_s:.1f}s", (6, self.tile - 6), FONT, 0.35, TEXT, 1, cv2.LINE_AA)
+        return panel
+
+    # -- outputs --------------------------------------------------------------------------------------------------
+
+    def pick(self, drops: Sequence[Drop], rows: int = 6) -> List[Tiles]:
+        """Frames for the sheet: one before the first drop-out, two in each window, one between and one after."""
+        if not self.frames:
+            return []
+        times = [f.time_s for f in self.frames]
+        wanted = [times[0] + 0.3]
+        ordered = sorted(drops, key=lambda d: d.start_s)
+        for i, drop in enumerate(ordered):
+            span = drop.end_s - drop.start_s
+            wanted += [drop.start_s + 0.3 * span, drop.start_s + 0.8 * span]
+            following = ordered[i + 1].start_s if i + 1 < len(ordered) else times[-1]
+            if following - drop.end_s > 0.3:
+                wanted.append(min(drop.end_s + 0.3, (drop.end_s + following) / 2))
+        if not drops:
+            wanted = list(np.linspace(times[0], times[-1], rows))
+        picked = []
+        for t in wanted:
+            index = int(np.argmin([abs(x - t) for x in times]))
+            if index not in picked:
+                picked.append(index)
+        return [self.frames[i] for i in sorted(picked)]
+
+    def contact_sheet(self, path, drops: Sequence[Drop] = (), title: str = "") -> Path:
+        picked = self.pick(drops)
+        columns = ("camera", "labels", "confidence", "sensors used")
+        gap, margin, header = 4, 110, 22
+        width = margin + len(columns) * (self.tile + gap)
+        height = header + len(picked) * (self.tile + gap) + (18 if title else 0)
+        sheet = np.full((height, width, 3), BACKGROUND, np.uint8)
+        top = 0
+        if title:
+            cv2.putText(sheet, title, (6, 13), FONT, 0.42, TEXT, 1, cv2.LINE_AA)
+            top = 18
+        for c, name in enumerate(columns):
+            cv2.putText(sheet, name, (margin + c * (self.tile + gap) + 4, top + 15), FONT, 0.45, TEXT, 1, cv2.LINE_AA)
+        for r, tiles in enumerate(picked):
+            y = top + header + r * (self.tile + gap)
+            windows = [f"{d.modality} out" for d in drops if d.covers(tiles.time_s)]
+            lines = [f"t = {tiles.time_s:.1f} s", *(windows or ["all sensors"])]
+            for k, line in enumerate(lines):
+                cv2.putText(sheet, line, (4, y + 20 + 16 * k), FONT, 0.42, TEXT, 1, cv2.LINE_AA)
+            for c, image in enumerate((tiles.camera, tiles.labels, tiles.confidence, tiles.sensors)):
+                x = margin + c * (self.tile + gap)
+                sheet[y:y + self.tile, x:x + self.tile] = image
+        return _write_png(path, sheet)
+
+    def animation(self, path, tile: Optional[int] = None, fps: float = 10.0) -> Path:
+        """Animated GIF: camera | labels over the camera | sensors used, one image per frame."""
+        from PIL import Image
+
+        tile = tile or self.tile
+        images = []
+        for tiles in self.frames:
+            row = np.concatenate([tiles.camera, tiles.overlay, tiles.sensors], axis=1)
+            if tile != self.tile:
+                row = cv2.resize(row, (3 * tile, tile), interpolation=cv2.INTER_AREA)
+            images.append(Image.fromarray(row).quantize(colors=128, method=Image.Quantize.MEDIANCUT))
+        if not images:
+            raise ValueError("no frames recorded")
+        with atomic_path(path, suffix=".gif") as tmp:
+            images[0].save(tmp, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+        return Path(path)
+
+
+def _caption(image: np.ndarray, text: str, scale: float) -> np.ndarray:
+    (w, h), _ = cv2.getTextSize(text, FONT, scale, 1)
+    cv2.putText(image, text, ((image.shape[1] - w) // 2, (image.shape[0] + h) // 2), FONT, scale, TEXT, 1, cv2.LINE_AA)
+    return image
+
+
+def _write_png(path, rgb: np.ndarray) -> Path:
+    with atomic_path(path, suffix=".png") as tmp:
+        if not cv2.imwrite(str(tmp), np.ascontiguousarray(rgb[..., ::-1])):
+            raise OSError(f"could not write {path}")
+    return Path(path)
