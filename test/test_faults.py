@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -66,11 +67,15 @@ CORRUPT = {
 }
 # name -> (card changes, what the error must say: both sides)
 MISMATCHED = {
-    "classes": (lambda: card_with(classes="cityscapes"), r"classes: checkpoint has 19 .*card 'test_tiny_mle_sam' has 25"),
+    "classes": (lambda: card_with(classes="cityscapes"),
+                r"classes: checkpoint has 19 .*card 'test_tiny_mle_sam' has 25"),
     "modalities": (lambda: card_with(modalities=["rgb", "depth"]),
-                   r"modalities: checkpoint has \['rgb', 'depth'\], card 'test_tiny_mle_sam' has \['rgb', 'depth', 'event', 'lidar'\]"),
-    "rank": (lambda: card_with(lora={"rank": 8, "alpha": 8}), r"LoRA rank: checkpoint has 8, card 'test_tiny_mle_sam' has 4"),
-    "sam2_size": (other_sam2_size, r"SAM2 overrides: checkpoint has .*card 'test_tiny_mle_sam' has .*only in checkpoint: \[.*embed_dim=8.*only in card: \[.*embed_dim=16"),
+                   r"modalities: checkpoint has \['rgb', 'depth'\], "
+                   r"card 'test_tiny_mle_sam' has \['rgb', 'depth', 'event', 'lidar'\]"),
+    "rank": (lambda: card_with(lora={"rank": 8, "alpha": 8}),
+             r"LoRA rank: checkpoint has 8, card 'test_tiny_mle_sam' has 4"),
+    "sam2_size": (other_sam2_size, r"SAM2 overrides: checkpoint has .*card 'test_tiny_mle_sam' has "
+                                   r".*only in checkpoint: \[.*embed_dim=8.*only in card: \[.*embed_dim=16"),
 }
 
 
@@ -144,7 +149,6 @@ def test_eval_cli_fails_with_one_line(faulty, capsys, name, needle):
     assert code == 1, err
     assert len(err.splitlines()) == 1 and err.startswith("mmseg eval: error: "), err
     assert str(faulty[name]) in err
-    import re
     assert re.search(needle, err), err
 
 
@@ -336,8 +340,8 @@ def test_disk_full_while_saving_a_training_state(tmp_path):
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     state = dict(recipe={}, card=CARD.to_dict(), model=model, optimizer=optimizer, scheduler=scheduler,
-                 scaler=torch.amp.GradScaler("cpu", enabled=False), progress={"epoch": 1}, rng=[checkpoints.capture_rng()],
-                 frozen=checkpoints.frozen_digest(model))
+                 scaler=torch.amp.GradScaler("cpu", enabled=False), progress={"epoch": 1},
+                 rng=[checkpoints.capture_rng()], frozen=checkpoints.frozen_digest(model))
     with small_disk(tmp_path / "disk", "2m") as disk:
         path = checkpoints.save_state(disk / checkpoints.LATEST, **state)
         previous = path.read_bytes()
@@ -364,3 +368,30 @@ def test_disk_full_while_writing_a_bag(tmp_path, storage):
         assert getattr(err.value, "errno", None) == errno.ENOSPC or "disk is full" in str(err.value), repr(err.value)
         assert_only(disk, ["earlier.bin", "filler"])
         assert (disk / "earlier.bin").read_bytes() == b"x" * 1000
+
+
+@pytest.mark.parametrize("storage, leave", [("mcap", 20_000), ("sqlite3", 20_000), ("sqlite3", 0)])
+def test_disk_full_while_writing_the_replay_output_bag(tmp_path, storage, leave):
+    """`mmseg replay`'s output bag replaces an earlier one only when complete. `leave` 0: full before the writer
+    even opens its storage."""
+    from mmseg_ros import msgs
+    from mmseg_ros.replay.bagio import OutputBag
+
+    topic = "/segment_node/labels"
+
+    def write(path, count):
+        with OutputBag(path, storage, [topic]) as bag:
+            for i in range(count):
+                header = msgs.Header(msgs.Time(1 + i, 0), "cam")
+                labels = np.full((64, 64), i % 7, np.uint8)
+                bag.write(topic, (1 + i) * 10**9, msgs.numpy_to_image(labels, "mono8", header, ros=False))
+
+    with small_disk(tmp_path / "disk", "1m") as disk:
+        write(disk / "segmented", 2)
+        previous = {p.relative_to(disk): p.read_bytes() for p in (disk / "segmented").rglob("*") if p.is_file()}
+        fill(disk, leave)
+        with pytest.raises((OSError, sqlite3.Error)) as err:
+            write(disk / "segmented", 200)
+        assert getattr(err.value, "errno", None) == errno.ENOSPC or "disk is full" in str(err.value), repr(err.value)
+        assert_only(disk, ["segmented", "filler"])
+        assert {p.relative_to(disk): p.read_bytes() for p in (disk / "segmented").rglob("*") if p.is_file()} == previous

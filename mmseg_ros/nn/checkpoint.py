@@ -100,8 +100,8 @@ def check_compatible(card, ckpt: Mapping[str, Any]) -> None:
         ("SAM2 overrides", list(ckpt["sam2"]["overrides"]), list(card.sam2_overrides)),
         ("trainable setting", ckpt["trainable"], card.trainable),
     ]
-    problems = [f"{what}: checkpoint has {_show(theirs)}, card {card.name!r} has {_show(ours)}{_only_in(theirs, ours)}"
-                for what, theirs, ours in sides if theirs != ours]
+    problems = [f"{what}: checkpoint has {_show(theirs)}, card {card.name!r} has {_show(ours)}"
+                + _only_in(theirs, ours) for what, theirs, ours in sides if theirs != ours]
     if problems:
         raise CheckpointError(f"{where} does not fit card {card.name!r}: " + "; ".join(problems))
 
