@@ -10,6 +10,7 @@ import importlib
 BENCHMARKS = {
     "codec": "image/PointCloud2 decode, encode and projection",
     "model": "model forward per number of present modalities; batched vs looped experts",
+    "engine": "Segmenter.segment per frame (preprocess, forward, postprocess) for shipped cards",
     "node": "node overhead vs bare DDS transport",
     "train": "training step throughput",
 }
