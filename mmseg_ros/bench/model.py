@@ -1,7 +1,9 @@
 """`mmseg bench model`: forward time per number of present modalities, and batched vs looped LoRA experts.
 
 For each card and input size: the model's forward (batch 1 by default, inference mode) with the first n of the card's
-modalities present, n = 1..M (medians over --repeat runs after --warmup). For cards whose model has per-modality
+modalities present, n = 1..M (medians over --repeat runs after --warmup), and, alternating with it in the same run,
+a bare SAM2 image encoder (trunk + FPN neck of the card's SAM2, no LoRA) on the same n images as one batch: the
+ratio ours / bare is the price of LoRA experts, fusion and the heads. For cards whose model has per-modality
 experts (MLE-SAM), the trunk + neck with all M modalities is timed both ways in the same run, alternating: one
 batched pass (each sample with its own expert) and a Python loop of M passes; the ratio is looped / batched.
 
@@ -26,6 +28,7 @@ def configure(parser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--no-loop", action="store_true", help="skip the batched-vs-looped experts comparison")
+    parser.add_argument("--no-bare", action="store_true", help="skip the bare SAM2 image encoder comparison")
 
 
 def main(args) -> int:
@@ -38,12 +41,14 @@ def main(args) -> int:
     from ..engine import resolve_device
     from ..errors import MMSegError
     from ..nn.build import build_model
-    from .timing import markdown_table, median_ms, time_call
+    from ..nn.sam2_backbone import build_sam2
+    from .timing import markdown_table
 
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     forward_rows, loop_rows, skipped = [], [], []
+    load_before = os.getloadavg()[0]
     for ref in args.cards:
         base = cards.load(ref)
         for size in args.sizes:
@@ -54,28 +59,43 @@ def main(args) -> int:
             except (MMSegError, ModuleNotFoundError) as exc:  # e.g. an architecture whose module is not there yet
                 skipped.append(f"{base.name} @ {size}: {exc}")
                 continue
+            bare = None if args.no_bare else build_sam2(card, load_checkpoint=False).image_encoder.to(device).eval()
             images = {m: torch.randn(args.batch, 3, size, size, device=device) for m in card.modalities}
             for n in range(1, len(card.modalities) + 1):
                 subset = {m: images[m] for m in card.modalities[:n]}
+                stacked = torch.cat(list(subset.values()))
 
                 def forward(subset=subset):
                     with torch.inference_mode():
                         model(subset)
                     sync()
 
-                ms = median_ms(time_call(forward, repeat=args.repeat, warmup=args.warmup))
+                def encoder(stacked=stacked):
+                    with torch.inference_mode():
+                        bare(stacked)
+                    sync()
+
+                timed = {"ours": forward} if bare is None else {"ours": forward, "bare": encoder}
+                ms = _alternating(timed, args.repeat, args.warmup)
                 code = modalities.short_code(subset)
-                forward_rows.append((card.name, size, n, code, ms, ms / n))
-                print(f"{card.name} {size}px {code}: {ms:.1f} ms", file=sys.stderr, flush=True)
+                if bare is None:
+                    forward_rows.append((card.name, size, n, code, ms["ours"], ms["ours"] / n, "-", "-"))
+                else:
+                    forward_rows.append((card.name, size, n, code, ms["ours"], ms["ours"] / n, ms["bare"],
+                                         ms["ours"] / ms["bare"]))
+                print(f"{card.name} {size}px {code}: {ms['ours']:.1f} ms", file=sys.stderr, flush=True)
+            del bare
             experts = getattr(getattr(model, "backbone", None), "experts", None)
             if not args.no_loop and experts is not None and experts.num_experts > 1:
                 batched, looped = _batched_vs_looped(model, images, args, sync, torch)
                 loop_rows.append((card.name, size, len(images), batched, looped, looped / batched))
             del model
 
+    load_after = os.getloadavg()[0]
     print(f"## Forward time per number of present modalities ({device}, batch {args.batch}, {args.threads} threads, "
-          f"median of {args.repeat})\n")
-    print(markdown_table(["card", "size", "present", "modalities", "forward ms", "ms per modality"], forward_rows))
+          f"median of {args.repeat}, load average 1 min {load_before:.1f} before / {load_after:.1f} after)\n")
+    print(markdown_table(["card", "size", "present", "modalities", "forward ms", "ms per modality",
+                          "bare SAM2 encoder ms (same images)", "ours / bare"], forward_rows))
     if loop_rows:
         print("\n## LoRA experts: one batched trunk pass vs a loop over modalities (encoder only, same run)\n")
         print(markdown_table(["card", "size", "modalities", "batched ms", "looped ms", "looped / batched"], loop_rows))
@@ -103,12 +123,19 @@ def _batched_vs_looped(model, images, args, sync, torch):
                 model.backbone(images[name], torch.full((batch,), expert, device=stacked.device))
         sync()
 
+    ms = _alternating({"batched": batched, "looped": looped}, args.repeat, warmup=1)
+    return ms["batched"], ms["looped"]
+
+
+def _alternating(calls, repeat: int, warmup: int):
+    """Median ms per named call, timed in turn (all warmed up first) so every call sees the same machine load."""
     from .timing import median_ms, time_call
 
-    times = {"batched": [], "looped": []}
-    for fn in (batched, looped):
-        fn()  # warm up both before timing either
-    for _ in range(args.repeat):  # alternate so both see the same machine load
-        times["batched"] += time_call(batched, repeat=1, warmup=0)
-        times["looped"] += time_call(looped, repeat=1, warmup=0)
-    return median_ms(times["batched"]), median_ms(times["looped"])
+    for fn in calls.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in calls}
+    for _ in range(repeat):
+        for name, fn in calls.items():
+            times[name] += time_call(fn, repeat=1, warmup=0)
+    return {name: median_ms(samples) for name, samples in times.items()}
