@@ -3,7 +3,8 @@
 For each card and input size: the model's forward (batch 1 by default, inference mode) with the first n of the card's
 modalities present, n = 1..M (medians over --repeat runs after --warmup), and, alternating with it in the same run,
 a bare SAM2 image encoder (trunk + FPN neck of the card's SAM2, no LoRA) on the same n images as one batch: the
-ratio ours / bare is the price of LoRA experts, fusion and the heads. For cards whose model has per-modality
+ratio ours / bare is the price of LoRA experts, fusion and the heads. "vs all present" is the forward time with n
+modalities over the time with all M. For cards whose model has per-modality
 experts (MLE-SAM), the trunk + neck with all M modalities is timed both ways in the same run, alternating: one
 batched pass (each sample with its own expert) and a Python loop of M passes; the ratio is looped / batched.
 
@@ -85,6 +86,8 @@ def main(args) -> int:
                                          ms["ours"] / ms["bare"]))
                 print(f"{card.name} {size}px {code}: {ms['ours']:.1f} ms", file=sys.stderr, flush=True)
             del bare
+            cell = forward_rows[-len(card.modalities):]  # n = 1..M of this card and size; the last has all M
+            forward_rows[-len(card.modalities):] = [(*row[:5], row[4] / cell[-1][4], *row[5:]) for row in cell]
             experts = getattr(getattr(model, "backbone", None), "experts", None)
             if not args.no_loop and experts is not None and experts.num_experts > 1:
                 batched, looped = _batched_vs_looped(model, images, args, sync, torch)
@@ -94,7 +97,7 @@ def main(args) -> int:
     load_after = os.getloadavg()[0]
     print(f"## Forward time per number of present modalities ({device}, batch {args.batch}, {args.threads} threads, "
           f"median of {args.repeat}, load average 1 min {load_before:.1f} before / {load_after:.1f} after)\n")
-    print(markdown_table(["card", "size", "present", "modalities", "forward ms", "ms per modality",
+    print(markdown_table(["card", "size", "present", "modalities", "forward ms", "vs all present", "ms per modality",
                           "bare SAM2 encoder ms (same images)", "ours / bare"], forward_rows))
     if loop_rows:
         print("\n## LoRA experts: one batched trunk pass vs a loop over modalities (encoder only, same run)\n")
