@@ -27,6 +27,8 @@ def configure(parser) -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs per cell")
     parser.add_argument("--batch", type=int, default=1, help="samples per forward")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                        help="autocast dtype (half precisions on CUDA only)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--no-loop", action="store_true", help="skip the batched-vs-looped experts comparison")
     parser.add_argument("--no-bare", action="store_true", help="skip the bare SAM2 image encoder comparison")
@@ -43,10 +45,11 @@ def main(args) -> int:
     from ..errors import MMSegError
     from ..nn.build import build_model
     from ..nn.sam2_backbone import build_sam2
-    from .timing import markdown_table
+    from .timing import autocast, markdown_table
 
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    autocast(device, args.precision)  # refuse a half precision on the CPU before building anything
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     forward_rows, loop_rows, skipped = [], [], []
     load_before = os.getloadavg()[0]
@@ -67,12 +70,12 @@ def main(args) -> int:
                 stacked = torch.cat(list(subset.values()))
 
                 def forward(subset=subset):
-                    with torch.inference_mode():
+                    with torch.inference_mode(), autocast(device, args.precision):
                         model(subset)
                     sync()
 
                 def encoder(stacked=stacked):
-                    with torch.inference_mode():
+                    with torch.inference_mode(), autocast(device, args.precision):
                         bare(stacked)
                     sync()
 
@@ -95,7 +98,8 @@ def main(args) -> int:
             del model
 
     load_after = os.getloadavg()[0]
-    print(f"## Forward time per number of present modalities ({device}, batch {args.batch}, {args.threads} threads, "
+    print(f"## Forward time per number of present modalities ({device}, {args.precision}, batch {args.batch}, "
+          f"{args.threads} threads, "
           f"median of {args.repeat}, load average 1 min {load_before:.1f} before / {load_after:.1f} after)\n")
     print(markdown_table(["card", "size", "present", "modalities", "forward ms", "vs all present", "ms per modality",
                           "bare SAM2 encoder ms (same images)", "ours / bare"], forward_rows))
@@ -109,19 +113,22 @@ def main(args) -> int:
 
 def _batched_vs_looped(model, images, args, sync, torch):
     """Median ms of the encoder with all modalities: one batched pass vs one pass per modality, interleaved."""
+    from .timing import autocast
+
     names = list(images)
     ids = model.expert_ids(names)
     batch = args.batch
     stacked = torch.cat([images[m] for m in names])
     index = torch.tensor(ids, device=stacked.device).repeat_interleave(batch)
+    device = stacked.device
 
     def batched():
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(device, args.precision):
             model.backbone(stacked, index)
         sync()
 
     def looped():
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(device, args.precision):
             for name, expert in zip(names, ids):
                 model.backbone(images[name], torch.full((batch,), expert, device=stacked.device))
         sync()

@@ -1,6 +1,7 @@
 """Shared helpers for benchmarks: repeated timing with medians, and Markdown tables."""
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from typing import Callable, Iterable, List, Sequence
@@ -37,3 +38,20 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> s
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def autocast(device, precision: str):
+    """A fresh autocast context for `precision` ('fp32', 'bf16', 'fp16'; half precisions on CUDA only, as in the
+    engine and the trainer); fp32 is a no-op."""
+    import torch
+
+    from ..engine import PRECISIONS
+    from ..errors import ConfigError
+
+    if precision not in PRECISIONS:
+        raise ConfigError(f"--precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if device.type != "cuda":
+        raise ConfigError(f"--precision {precision} needs a CUDA device (autocast on CUDA only), got {device}")
+    return torch.autocast("cuda", dtype=PRECISIONS[precision])

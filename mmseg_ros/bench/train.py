@@ -28,6 +28,9 @@ def configure(parser) -> None:
     parser.add_argument("--repeat", type=int, default=5, help="timed steps per cell (median reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per cell")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                        help="autocast dtype as the trainer's train.amp (half precisions on CUDA only; fp16 with a "
+                             "grad scaler)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
 
 
@@ -41,11 +44,12 @@ def main(args) -> int:
     from ..engine import resolve_device
     from ..errors import ConfigError
     from ..nn.build import build_model
-    from .timing import markdown_table, median_ms
+    from .timing import autocast, markdown_table, median_ms
 
     _check(args, ConfigError)
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    autocast(device, args.precision)  # refuse a half precision on the CPU before building anything
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     load_before = os.getloadavg()[0]
     rows = []
@@ -60,6 +64,7 @@ def main(args) -> int:
         model = build_model(card).to(device).train()
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
+        scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
         trained_m = sum(p.numel() for p in params) / 1e6
         for n in counts:
             names = card.modalities[:n]
@@ -71,11 +76,13 @@ def main(args) -> int:
                 for i in range(args.warmup + args.repeat):
                     sync()
                     t0 = time.perf_counter()
-                    loss, _ = model.compute_loss(model(inputs), labels)
-                    loss.backward()
+                    with autocast(device, args.precision):
+                        loss, _ = model.compute_loss(model(inputs), labels)
+                    scaler.scale(loss).backward()
                     sync()
                     t1 = time.perf_counter()
-                    optimizer.step()
+                    scaler.step(optimizer)
+                    scaler.update()
                     optimizer.zero_grad(set_to_none=True)
                     sync()
                     t2 = time.perf_counter()
@@ -87,10 +94,11 @@ def main(args) -> int:
                              median_ms(fwd_bwd), step_ms - median_ms(fwd_bwd), step_ms, 1e3 * batch / step_ms))
                 print(f"{card.name} {size}px batch {batch} {modalities.short_code(names)}: {step_ms:.1f} ms/step",
                       file=sys.stderr, flush=True)
-        del model, optimizer
+        del model, optimizer, scaler
     load_after = os.getloadavg()[0]
-    print(f"## Training step ({device}, {args.threads} threads, median of {args.repeat} steps after {args.warmup}, "
-          f"{os.cpu_count()} CPUs, load average 1 min {load_before:.1f} before / {load_after:.1f} after)\n")
+    print(f"## Training step ({device}, {args.precision}, {args.threads} threads, median of {args.repeat} steps after "
+          f"{args.warmup}, {os.cpu_count()} CPUs, load average 1 min {load_before:.1f} before / {load_after:.1f} "
+          f"after)\n")
     print(markdown_table(["card", "size", "trained M params", "batch", "present", "modalities", "fwd+bwd ms",
                           "optimizer ms", "step ms", "samples/s"], rows))
     return 0
