@@ -7,9 +7,10 @@
   naming the file and the key.
 - CUDA requested without a GPU: the engine refuses clearly; the node falls back to the CPU with a warning when
   `model.allow_cpu_fallback` is true (the refusal when it is false: test_node.py's start-up error test).
-- Disk full while writing a project checkpoint, a training state or a rosbag2: no partial file is left and the
-  previous file is intact. The disk is really full: a 1-2 MB tmpfs mounted for the test (needs root or
-  CAP_SYS_ADMIN; skipped otherwise), filled with a filler file so the next write hits ENOSPC.
+- Disk full while writing a project checkpoint, a training state, an evaluation report, a generated rosbag2 or
+  `mmseg replay`'s output bag: no partial file is left and the previous file is intact. The disk is really full: a
+  small tmpfs (1-12 MB) mounted for the test (needs root or CAP_SYS_ADMIN; skipped otherwise), filled with a filler
+  file so that the next write hits ENOSPC.
 - SIGKILL during training, then --resume: test_training.py::test_kill_mid_epoch_then_resume_equals_straight_run.
 """
 from __future__ import annotations
@@ -352,6 +353,21 @@ def test_disk_full_while_saving_a_training_state(tmp_path):
         assert_only(disk, [checkpoints.LATEST, "filler"])
         assert path.read_bytes() == previous
         assert checkpoints.load_state(path)["progress"] == {"epoch": 1}
+
+
+def test_disk_full_while_writing_an_evaluation_report(tmp_path):
+    from mmseg_ros.evaluation import tables
+
+    with small_disk(tmp_path / "disk", "1m") as disk:
+        path = disk / "results.json"
+        tables.save_json({"miou": 0.5}, path)
+        previous = path.read_bytes()
+        fill(disk, 0)
+        with pytest.raises(OSError) as err:
+            tables.save_json({"miou": 0.6, "per_class": list(range(20_000))}, path)
+        assert err.value.errno == errno.ENOSPC, repr(err.value)
+        assert_only(disk, ["results.json", "filler"])
+        assert path.read_bytes() == previous
 
 
 @pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
