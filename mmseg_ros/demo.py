@@ -27,7 +27,7 @@ OUTAGES = (("depth", 0.25, 0.45), ("rgb", 0.6, 0.8))
 
 
 def configure(parser) -> None:
-    parser.add_argument("--seconds", type=float, default=10.0, help="drive length in seconds (default 10)")
+    parser.add_argument("--seconds", type=float, default=8.0, help="drive length in seconds (default 8)")
     parser.add_argument("--size", type=int, default=256, help="camera image size in px (default 256)")
     parser.add_argument("--condition", default="night", help="sun, cloud, fog, night or rain (default night)")
     parser.add_argument("--seed", type=int, default=3, help="scene seed")

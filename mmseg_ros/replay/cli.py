@@ -3,7 +3,8 @@
     mmseg replay BAG [--card default] [--checkpoint X] [--drop depth@2-4 ...] [--out DIR] [--storage mcap|sqlite3]
                      [--score-size input|model] [--param sync.slop=0.05 ...] [--labels-topic /gt/labels]
 
-Offline (default): messages in bag-time order, deterministic, as fast as the model runs. Writes to --out (default
+Offline (default): messages in bag-time order, deterministic, as fast as the model runs. --live [--rate F]
+[--node-running]: plays the bag over DDS into segment_node and scores what it publishes (replay/live.py). Writes to --out (default
 out/replay/<bag name>): `report.json`, `report.md` and the output bag `segmented/` with segment_node's `labels`,
 `confidence` and `color` topics on the input stamps (log time = the anchor's log time). Prints the Markdown report.
 """
@@ -38,6 +39,13 @@ def configure(parser) -> None:
     parser.add_argument("--labels-topic", help="ground-truth label topic (default /gt/labels when the bag has it)")
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                         help="segment_node parameter, e.g. sync.slop=0.05 or modalities=[rgb,lidar] (repeatable)")
+    live = parser.add_argument_group("live mode (plays the bag over DDS into segment_node)")
+    live.add_argument("--live", action="store_true",
+                      help="play the bag over DDS into segment_node at the recorded pace, record and score its outputs")
+    live.add_argument("--rate", type=float, default=1.0, help="playback speed factor (default 1: recorded rate)")
+    live.add_argument("--node-running", action="store_true",
+                      help="use the segment_node already running (same ROS_DOMAIN_ID) instead of starting one with "
+                           "--card/--checkpoint/--param")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--quiet", action="store_true", help="do not print the report")
 
@@ -62,9 +70,19 @@ def main(args) -> int:
     config = node_config(args)
     drops = [parse_drop(text) for text in args.drop]
     out = Path(args.out) if args.out else Path("out", "replay", Path(args.bag).resolve().name)
-    report = replay_offline(
-        args.bag, config, drops=drops, out=out, storage=args.storage, write_bag=not args.no_output_bag,
-        score_size=args.score_size, labels_topic=args.labels_topic, progress=not args.no_progress)
+    if args.live:
+        if args.score_size != "input":
+            raise ConfigError("--live scores what the node publishes (camera resolution): --score-size input only")
+        from .live import replay_live
+
+        report = replay_live(
+            args.bag, config, drops=drops, out=out, rate=args.rate, node_running=args.node_running,
+            params=args.param, labels_topic=args.labels_topic, write_bag=not args.no_output_bag,
+            progress=not args.no_progress, log=lambda text: print(text, file=sys.stderr))
+    else:
+        report = replay_offline(
+            args.bag, config, drops=drops, out=out, storage=args.storage, write_bag=not args.no_output_bag,
+            score_size=args.score_size, labels_topic=args.labels_topic, progress=not args.no_progress)
     if not args.quiet:
         from .report import to_markdown
 

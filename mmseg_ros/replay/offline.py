@@ -69,7 +69,7 @@ class Frame:
     log_ns: int  # the anchor's log (arrival) time
     time_s: float  # log_ns - bag start, seconds
     anchor: str
-    used: Tuple[str, ...]  # modalities the engine received (card order)
+    used: Optional[Tuple[str, ...]]  # modalities the engine received (card order); None: unknown (live outputs)
     missing: Dict[str, str]  # absent modality -> reason (sync's Missing, or 'rejected')
     timing: Dict[str, float]  # ms per stage
     header: object

@@ -82,9 +82,14 @@ def to_markdown(report: Mapping, per_class: bool = True) -> str:
              + f". Scored at {report['settings']['score_size']} resolution.", ""]
     lines.append(f"Frames: {frames['processed']} processed of {frames['anchor_messages']} camera messages, "
                  f"{frames['scored']} scored against ground truth"
-                 + (f", {frames['below_min']} below min_modalities" if frames.get("below_min") else "") + "; anchor: "
-                 + ", ".join(f"{m} {n}" for m, n in frames["by_anchor"].items() if n) + ".")
-    lines.append("Inputs used: " + ", ".join(f"{m} {n}/{frames['processed']}" for m, n in frames["used"].items()) + ".")
+                 + (f", {frames['below_min']} below min_modalities" if frames.get("below_min") else "")
+                 + (f", {frames['answered']} camera frames answered, {frames['unanswered']} not"
+                    if "answered" in frames else "")
+                 + ("; anchor: " + ", ".join(f"{m} {n}" for m, n in frames["by_anchor"].items() if n)
+                    if "by_anchor" in frames else "") + ".")
+    if "used" in frames:
+        lines.append("Inputs used: " + ", ".join(f"{m} {n}/{frames['processed']}" for m, n in frames["used"].items())
+                     + ".")
     if "overall" in report:
         lines += ["", "### Scores", ""]
         rows = [["all frames", "", str(frames["scored"]), _num(report["overall"]["miou"]),
@@ -97,7 +102,7 @@ def to_markdown(report: Mapping, per_class: bool = True) -> str:
         lines.append(markdown_table(["Frames", "Modalities", "Scored", "mIoU", "mIoU (present classes)"], rows))
     if report.get("windows"):
         lines += ["", "### Drop-out windows", ""]
-        mods = list(frames["used"])
+        mods = list(frames.get("used", ()))  # live: which inputs went into an output is not known
         rows = [[w["drop"], str(w["frames"]), *[str(w["used"][m]) for m in mods], _num(w["miou"])]
                 for w in report["windows"]]
         outside = report.get("outside_windows")

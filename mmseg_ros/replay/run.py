@@ -30,6 +30,17 @@ def input_topics(config: NodeConfig) -> Dict[str, str]:
     return {m: "/" + modalities.get(m).topic for m in config.modalities}
 
 
+def bag_topics(bag: InputBag, config: NodeConfig, labels_topic: Optional[str]):
+    """(modality -> input topic, ground-truth topic or None), checked against what the bag holds."""
+    topics = input_topics(config)
+    bag.require(topics.values(), "an input of the model")
+    if labels_topic:
+        bag.require([labels_topic], "the ground-truth labels topic given")
+    elif LABELS_TOPIC in bag.topics:
+        labels_topic = LABELS_TOPIC
+    return topics, labels_topic
+
+
 def replay_offline(bag_path, config: NodeConfig, *, drops: Iterable[Drop] = (), out=None, storage: Optional[str] = None,
                    write_bag: bool = True, score_size: str = "input", labels_topic: Optional[str] = None,
                    progress: bool = True, segmenter=None, watch: Optional[Callable[[Frame], None]] = None) -> Dict:
@@ -37,12 +48,7 @@ def replay_offline(bag_path, config: NodeConfig, *, drops: Iterable[Drop] = (), 
     every processed frame (inputs and outputs) before its arrays are released, e.g. to draw pictures."""
     drops = tuple(drops)
     with InputBag(bag_path) as bag:
-        topics = input_topics(config)
-        bag.require(topics.values(), "an input of the model")
-        if labels_topic:
-            bag.require([labels_topic], "the ground-truth labels topic given")
-        elif LABELS_TOPIC in bag.topics:
-            labels_topic = LABELS_TOPIC
+        topics, labels_topic = bag_topics(bag, config, labels_topic)
         if segmenter is None:
             segmenter = _segmenter(config)
         output_size = tuple(config.card.input_size) if score_size == "model" else None

@@ -80,7 +80,7 @@ class Scorer:
             if drop.covers(frame.time_s):
                 inside = True
                 window.frames += 1
-                for m in frame.used:
+                for m in frame.used or ():  # None: not known (live outputs do not say)
                     window.used[m] += 1
         self.outside_frames += not inside
         truth = self._match(frame.stamp_ns)
@@ -124,13 +124,14 @@ class Scorer:
     def _score(self, frame: Frame, prediction: np.ndarray, truth: np.ndarray) -> None:
         self.scored += 1
         matrices = [self.overall]
-        code = subset_code(frame.used)
-        if code not in self.subsets:
-            self.subsets[code] = ConfusionMatrix(self.num_classes)
-            self.subset_frames[code] = 0
-            self.subset_modalities[code] = tuple(frame.used)
-        self.subset_frames[code] += 1
-        matrices.append(self.subsets[code])
+        if frame.used is not None:
+            code = subset_code(frame.used)
+            if code not in self.subsets:
+                self.subsets[code] = ConfusionMatrix(self.num_classes)
+                self.subset_frames[code] = 0
+                self.subset_modalities[code] = tuple(frame.used)
+            self.subset_frames[code] += 1
+            matrices.append(self.subsets[code])
         if self.condition:
             matrices.append(self.conditions.setdefault(self.condition, ConfusionMatrix(self.num_classes)))
         inside = [i for i, d in enumerate(self.drops) if d.covers(frame.time_s)]

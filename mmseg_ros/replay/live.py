@@ -1,0 +1,291 @@
+"""`mmseg replay --live`: play a bag over DDS into a running segment_node, record what it publishes, score it.
+
+The real node end to end: its subscriptions, QoS, synchronizer on its own clock, worker, latest-wins hand-off and
+publishers. Input messages are published at their recorded pace (log-time spacing, divided by --rate) with their
+recorded header stamps; --drop windows leave messages out as in the offline mode. Unless --node-running, a
+segment_node is started as a child process with the replay's card, checkpoint and --param values and stopped at the
+end. Its labels, confidence and color outputs are recorded (into the output bag, log time = arrival) and the labels
+are scored against the bag's ground truth exactly as offline (the same Scorer); the report adds how many camera
+frames were answered. Which inputs went into each output is not on the wire, so the live report has no per-subset
+rows.
+
+This module imports rclpy; nothing else in the replay package does.
+"""
+from __future__ import annotations
+
+import array
+import bisect
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from .. import dds, msgs
+from ..atomic import atomic_open
+from ..errors import ConfigError, DataError
+from ..evaluation.metrics import NAN_POLICY
+from ..evaluation.tables import save_json
+from ..node_config import CAMERA, NODE_NAME, NodeConfig
+from ..sync import stamp_to_ns
+from . import report as report_lib
+from .bagio import InputBag, OutputBag
+from .offline import Drop, Frame, decode_labels
+from .run import OUTPUT_BAG, OUTPUT_TOPICS, REPORT_JSON, REPORT_MD, bag_topics
+from .scoring import Scorer
+
+START_TIMEOUT_S = 180.0  # node start-up: torch, SAM2, model build and warm-up on a busy 2-core machine
+SETTLE_S = 0.5  # after the publishers see the node's subscriptions, the other side finishes matching
+QUIET_S = 3.0  # after the last input, outputs are awaited until none came for this long
+PUBLISH_DEPTH = 10
+
+
+def replay_live(bag_path, config: NodeConfig, *, drops: Sequence[Drop] = (), out=None, rate: float = 1.0,
+                node_running: bool = False, params: Sequence[str] = (), labels_topic: Optional[str] = None,
+                write_bag: bool = True, progress: bool = True, log=print) -> Dict:
+    if rate <= 0:
+        raise ConfigError(f"--rate must be > 0, got {rate}")
+    dds.configure_transport()  # before the first participant, here and in the node we start
+    drops = tuple(drops)
+    with InputBag(bag_path) as bag:
+        topics, labels_topic = bag_topics(bag, config, labels_topic)
+        node = None if node_running else _start_node(config, params, out, log)
+        try:
+            with _Peer(topics) as peer:
+                peer.wait_ready(node, START_TIMEOUT_S)
+                scorer = Scorer(config.card.num_classes, config.modalities, drops,
+                                condition=bag.custom_data.get("mmseg.condition"), slop_ns=int(config.slop * 1e9))
+                played = _play(bag, peer, topics, labels_topic, drops, rate, scorer, progress)
+                peer.wait_quiet(played["anchor_stamps"], QUIET_S)
+        finally:
+            if node is not None:
+                _stop(node)
+        doc = _score_and_report(bag, config, topics, labels_topic, drops, rate, scorer, played, peer, out, write_bag)
+    if out is not None:
+        save_json(doc, Path(out) / REPORT_JSON)
+        with atomic_open(Path(out) / REPORT_MD, "w") as f:
+            f.write(report_lib.to_markdown(doc))
+    return doc
+
+
+# -- the node -------------------------------------------------------------------------------------------------------
+
+def _start_node(config: NodeConfig, params: Sequence[str], out, log) -> subprocess.Popen:
+    card = config.card.path or config.card.name
+    cmd = [sys.executable, "-m", "mmseg_ros.node", "--ros-args", "-p", f"model.card:={card}",
+           "-p", f"model.device:={config.device}"]
+    if config.checkpoint:
+        cmd += ["-p", f"model.checkpoint:={config.checkpoint}"]
+    for pair in params:
+        name, _, value = pair.partition("=")
+        cmd += ["-p", f"{name.strip()}:={value}"]
+    log_dir = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="mmseg-replay-"))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / "segment_node.log"
+    log(f"mmseg replay: starting {NODE_NAME} ({card}); its log: {log_path}")
+    proc = subprocess.Popen(cmd, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
+    proc.log_path = log_path
+    return proc
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(10.0)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5.0)
+
+
+def _tail(path, lines: int = 15) -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+# -- our DDS participant --------------------------------------------------------------------------------------------
+
+class _Peer:
+    """Publishers for the inputs, recorders for the node's outputs, spun in a thread."""
+
+    def __init__(self, topics: Dict[str, str]):
+        import rclpy
+        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import Image
+        from std_msgs.msg import String
+
+        from ..rosutil import SpinThread
+
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node("mmseg_replay", context=self.context)
+        reliable = QoSProfile(depth=PUBLISH_DEPTH, reliability=ReliabilityPolicy.RELIABLE)
+        self.publishers = {m: self.node.create_publisher(Image, t, reliable) for m, t in topics.items()}
+        self.lock = threading.Lock()
+        self.outputs: Dict[str, List] = {kind: [] for kind in OUTPUT_TOPICS}  # (arrival ns, message)
+        self.last_output = time.monotonic()
+        for kind, topic in OUTPUT_TOPICS.items():
+            self.node.create_subscription(Image, topic, lambda msg, kind=kind: self._record(kind, msg),
+                                          QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
+        self.class_names: List[str] = []
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self.node.create_subscription(String, f"/{NODE_NAME}/class_names",
+                                      lambda msg: self.class_names.append(msg.data), latched)
+        self.spinner = SpinThread(self.node, context=self.context)
+
+    def __enter__(self) -> "_Peer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.spinner.close()
+
+    def _record(self, kind: str, msg) -> None:
+        with self.lock:
+            self.outputs[kind].append((time.time_ns(), msg))
+            self.last_output = time.monotonic()
+
+    def wait_ready(self, proc: Optional[subprocess.Popen], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                raise ConfigError(f"{NODE_NAME} ended with exit code {proc.returncode} before it was ready:\n"
+                                  + _tail(proc.log_path))
+            if self.class_names and all(p.get_subscription_count() > 0 for p in self.publishers.values()):
+                time.sleep(SETTLE_S)
+                return
+            time.sleep(0.05)
+        where = f"; its log:\n{_tail(proc.log_path)}" if proc is not None else " (is it running, same ROS_DOMAIN_ID?)"
+        raise DataError(f"{NODE_NAME} was not ready (active, subscribed to every input) within {timeout:g} s{where}")
+
+    def wait_quiet(self, anchor_stamps: set, quiet_s: float) -> None:
+        """Until the newest camera frame has its output, or nothing came for quiet_s."""
+        newest = max(anchor_stamps, default=None)
+        while True:
+            with self.lock:
+                done = newest is not None and any(stamp_to_ns(m.header.stamp) >= newest
+                                                  for _, m in self.outputs["labels"][-3:])
+                idle = time.monotonic() - self.last_output
+            if done or idle > quiet_s:
+                time.sleep(0.2)  # the confidence and color messages of that frame follow its labels
+                return
+            time.sleep(0.05)
+
+
+def _to_ros_image(msg):
+    from sensor_msgs.msg import Image
+
+    image = Image()
+    image.header.stamp.sec, image.header.stamp.nanosec = int(msg.header.stamp.sec), int(msg.header.stamp.nanosec)
+    image.header.frame_id = str(msg.header.frame_id)
+    image.height, image.width, image.encoding = int(msg.height), int(msg.width), str(msg.encoding)
+    image.is_bigendian, image.step = int(msg.is_bigendian), int(msg.step)
+    payload = array.array("B")
+    payload.frombytes(np.ascontiguousarray(msg.data).tobytes())  # array('B') skips rclpy's per-element checks
+    image.data = payload
+    return image
+
+
+def _play(bag: InputBag, peer: _Peer, topics, labels_topic, drops, rate, scorer, progress) -> Dict:
+    """Publish the inputs on their recorded schedule; ground truth goes straight to the scorer."""
+    from tqdm import tqdm
+
+    modality_of = {t: m for m, t in topics.items()}
+    read = list(topics.values()) + ([labels_topic] if labels_topic else [])
+    sent = {m: 0 for m in topics}
+    dropped = {m: 0 for m in topics}
+    log_of_stamp: Dict[int, int] = {}  # input stamp -> log time: places outputs in the drop-out windows
+    anchor_stamps = set()
+    late_ms: List[float] = []
+    begin = time.monotonic()
+    total = sum(bag.message_count(t) for t in read)
+    with tqdm(total=total, unit="msg", desc="live", disable=not progress, leave=False) as bar:
+        for topic, log_ns, msg in bag.messages(read):
+            bar.update(1)
+            if topic == labels_topic:
+                scorer.add_truth(stamp_to_ns(msg.header.stamp), decode_labels(msg))
+                continue
+            modality = modality_of[topic]
+            seconds = (log_ns - bag.start_ns) / 1e9
+            if any(d.modality == modality and d.covers(seconds) for d in drops):
+                dropped[modality] += 1
+                continue
+            image = _to_ros_image(msg)
+            delay = begin + seconds / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            late_ms.append(max(0.0, -delay) * 1e3)
+            peer.publishers[modality].publish(image)
+            sent[modality] += 1
+            stamp = stamp_to_ns(msg.header.stamp)
+            log_of_stamp.setdefault(stamp, log_ns)
+            if modality == CAMERA:
+                anchor_stamps.add(stamp)
+    return {"sent": sent, "dropped": dropped, "log_of_stamp": log_of_stamp, "anchor_stamps": anchor_stamps,
+            "wall_s": time.monotonic() - begin, "late_ms": late_ms}
+
+
+def _answered(anchors: List[int], outputs: List[int], slop_ns: int) -> int:
+    count = 0
+    for stamp in anchors:
+        at = bisect.bisect_left(outputs, stamp - slop_ns)
+        count += at < len(outputs) and outputs[at] <= stamp + slop_ns
+    return count
+
+
+def _score_and_report(bag, config, topics, labels_topic, drops, rate, scorer: Scorer, played, peer: _Peer, out,
+                      write_bag: bool) -> Dict:
+    with peer.lock:
+        outputs = {kind: list(items) for kind, items in peer.outputs.items()}
+    log_of_stamp = played["log_of_stamp"]
+    answered = set()
+    by_stamp = sorted(outputs["labels"], key=lambda item: stamp_to_ns(item[1].header.stamp))
+    for index, (_, msg) in enumerate(by_stamp):
+        stamp = stamp_to_ns(msg.header.stamp)
+        answered.add(stamp)
+        log_ns = log_of_stamp.get(stamp, stamp)
+        frame = Frame(index=index, stamp_ns=stamp, log_ns=log_ns, time_s=(log_ns - bag.start_ns) / 1e9,
+                      anchor="", used=None, missing={}, timing={}, header=msg.header,
+                      labels=np.array(msgs.image_to_numpy(msg)), confidence=None)
+        scorer.add_frame(frame)
+    if write_bag and out is not None:
+        with OutputBag(Path(out) / OUTPUT_BAG, bag.storage if bag.storage in ("mcap", "sqlite3") else "mcap",
+                       OUTPUT_TOPICS.values(), custom_data={"mmseg.replay_of": str(bag.path), "mmseg.mode": "live",
+                                                            "mmseg.card": config.card.name}) as output:
+            records = [(arrival, kind, m) for kind, items in outputs.items() for arrival, m in items]
+            for arrival, kind, m in sorted(records, key=lambda r: r[0]):  # log time = arrival here
+                output.write(OUTPUT_TOPICS[kind], arrival, m)
+    anchors = sorted(played["anchor_stamps"])
+    # A camera frame is answered by an output stamped within slop of it: at a cold start the node may anchor the
+    # first instant on an input that arrived before the camera (its synchronizer has been waiting since activation).
+    answered_anchors = _answered(anchors, sorted(answered), int(config.slop * 1e9))
+    duration = (bag.end_ns - bag.start_ns) / 1e9
+    doc = {
+        "schema": report_lib.SCHEMA, "units": "percent", "metric_note": NAN_POLICY, "mode": "live",
+        "model": {"name": config.card.name, "checkpoint": config.checkpoint or config.card.checkpoint,
+                  "input_size": list(config.card.input_size), "modalities": list(config.modalities),
+                  "device": "segment_node"},
+        "bag": {"path": str(bag.path), "storage": bag.storage, "duration_s": duration,
+                "condition": bag.custom_data.get("mmseg.condition"), "failure": bag.custom_data.get("mmseg.failure"),
+                "topics": topics, "labels_topic": labels_topic},
+        "settings": {"score_size": "input", "drops": [d.label for d in drops], "rate": rate},
+        "classes": list(config.card.class_names),
+        "frames": {"anchor_messages": len(anchors), "processed": len(outputs["labels"]), "scored": scorer.scored,
+                   "unscored": scorer.unscored, "labels": scorer.labels_seen,
+                   "answered": answered_anchors, "unanswered": len(anchors) - answered_anchors},
+        "inputs": {m: {"topic": topics[m], "messages": played["sent"][m] + played["dropped"][m],
+                       "dropped": played["dropped"][m], "rejected": 0, "last_error": ""} for m in topics},
+    }
+    doc.update(report_lib.scores_section(scorer, config.card.class_names))
+    doc.update(report_lib.windows_section(scorer))
+    doc["latency_ms"] = {"publish_late": report_lib.latency_entry(played["late_ms"])}
+    doc["speed"] = {"wall_s": played["wall_s"], "frames_per_s": len(outputs["labels"]) / max(played["wall_s"], 1e-9),
+                    "realtime_factor": duration / max(played["wall_s"], 1e-9)}
+    return doc
