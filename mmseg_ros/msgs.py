@@ -219,7 +219,7 @@ _TO_RGB = {
 
 def pixel_format(encoding: str) -> PixelFormat:
     """The PixelFormat of a sensor_msgs/Image encoding; unknown ones (bayer, yuv422, typos) raise MessageError."""
-    if encoding in _NAMED_ENCODINGS:
+    if isinstance(encoding, str) and encoding in _NAMED_ENCODINGS:  # (a list or bytes is not hashable)
         return _NAMED_ENCODINGS[encoding]
     match = _GENERIC_ENCODING.fullmatch(encoding) if isinstance(encoding, str) else None
     if match:
@@ -352,8 +352,14 @@ POINT_FIELD_DTYPES = {
 _DATATYPE_OF = {code: datatype for datatype, code in POINT_FIELD_DTYPES.items()}
 
 
+MAX_POINT_STEP = 2**31 - 1
+
+
 def pointcloud_dtype(fields: Sequence, point_step: int, is_bigendian: bool) -> np.dtype:
     """Structured dtype (itemsize point_step, fields at their offsets, any order) described by PointField list."""
+    if point_step > MAX_POINT_STEP:  # numpy's itemsize is a C int; the wire's uint32 allows twice that
+        raise MessageError(f"PointCloud2.point_step={point_step} exceeds the largest point numpy can describe "
+                           f"({MAX_POINT_STEP} bytes)")
     names, formats, offsets = [], [], []
     for index, pf in enumerate(fields):
         kind = f"PointCloud2.fields[{index}]"
@@ -520,12 +526,25 @@ class Camera:
         return float(real.min()) if real.size else np.inf
 
 
+MAX_CAMERA_PIXELS = 2**26  # 8192 x 8192: beyond any camera (8K video is 7680 x 4320); a 256 MiB range image
+
+
+def _floats(info, name: str) -> np.ndarray:
+    values = _get(info, name, "CameraInfo")
+    try:
+        return np.asarray(values, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise MessageError(f"CameraInfo.{name} must be a list of numbers, got {values!r}") from None
+
+
 def camera_from_info(info) -> Camera:
     """Validate a CameraInfo (K, D, distortion_model, width, height) into a Camera."""
     width, height = _count(info, "width", "CameraInfo"), _count(info, "height", "CameraInfo")
     if width == 0 or height == 0:
         raise MessageError(f"CameraInfo has zero size: width={width}, height={height}")
-    k = np.asarray(_get(info, "k", "CameraInfo"), dtype=np.float64).reshape(-1)
+    if width * height > MAX_CAMERA_PIXELS:  # a projection allocates one float per pixel
+        raise MessageError(f"CameraInfo size {width}x{height} exceeds {MAX_CAMERA_PIXELS} pixels")
+    k = _floats(info, "k")
     if k.size != 9 or not np.isfinite(k).all():
         raise MessageError(f"CameraInfo.k must be 9 finite numbers, got {k.tolist()}")
     if not np.any(k):
@@ -534,7 +553,7 @@ def camera_from_info(info) -> Camera:
         raise MessageError(
             f"CameraInfo.k must be [fx, s, cx, 0, fy, cy, 0, 0, 1] with fx, fy > 0, got {k.tolist()}"
         )
-    d = np.asarray(_get(info, "d", "CameraInfo"), dtype=np.float64).reshape(-1)
+    d = _floats(info, "d")
     model = _get(info, "distortion_model", "CameraInfo") or ""
     if not np.isfinite(d).all():
         raise MessageError(f"CameraInfo.d must be finite, got {d.tolist()}")
