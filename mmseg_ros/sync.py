@@ -69,7 +69,7 @@ def stamp_to_ns(stamp: Any) -> int:
     """A ROS time (anything with `sec` and `nanosec`, e.g. header.stamp) as int nanoseconds."""
     try:
         return int(stamp.sec) * NS_PER_S + int(stamp.nanosec)
-    except (AttributeError, TypeError, ValueError) as exc:
+    except (AttributeError, TypeError, ValueError, OverflowError) as exc:  # OverflowError: an inf float
         raise MessageError(f"stamp must have integer sec and nanosec, got {stamp!r}: {exc}") from None
 
 
