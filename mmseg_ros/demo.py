@@ -79,7 +79,7 @@ def main(args) -> int:
     _summary(report)
     title = (f"{card.name}: {args.condition} drive, "
              + ", ".join(f"{d.modality} out {d.start_s:.1f}-{d.end_s:.1f} s" for d in drops))
-    sheet = recorder.contact_sheet(out / "demo_sheet.png", drops, title=title)
+    sheet = recorder.contact_sheet(out / "demo_sheet.png", drops, title=title, truth=_truth(bag))
     written = [sheet]
     if not args.no_gif:
         written.append(recorder.animation(out / "demo_drive.gif", tile=96))
@@ -141,6 +141,17 @@ def _windows(outages, camera_log: List[int], start_ns: int):
         start_s, end_s = (first - start_ns) / 1e9 - half, (last - start_ns) / 1e9 + half
         windows.append(Drop(sensor, round(max(0.0, start_s), 2), round(end_s, 2)))  # 10 ms steps: readable labels
     return windows
+
+
+def _truth(bag: Path) -> Dict[int, "object"]:
+    """Ground-truth label images of the recorded frames, by stamp (for the contact sheet)."""
+    from .data.synthetic.bag import LABELS_TOPIC
+    from .replay.bagio import InputBag
+    from .replay.offline import decode_labels
+    from .sync import stamp_to_ns
+
+    with InputBag(bag) as recorded:
+        return {stamp_to_ns(m.header.stamp): decode_labels(m).copy() for _, _, m in recorded.messages([LABELS_TOPIC])}
 
 
 def _summary(report) -> None:

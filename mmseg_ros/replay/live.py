@@ -36,7 +36,7 @@ from ..sync import stamp_to_ns
 from . import report as report_lib
 from .bagio import InputBag, OutputBag
 from .offline import Drop, Frame, decode_labels
-from .run import OUTPUT_BAG, OUTPUT_TOPICS, REPORT_JSON, REPORT_MD, bag_topics
+from .run import OUTPUT_BAG, OUTPUT_TOPICS, REPORT_JSON, REPORT_MD, _path_or_none, bag_topics
 from .scoring import Scorer
 
 START_TIMEOUT_S = 180.0  # node start-up: torch, SAM2, model build and warm-up on a busy 2-core machine
@@ -269,7 +269,7 @@ def _score_and_report(bag, config, topics, labels_topic, drops, rate, scorer: Sc
     duration = (bag.end_ns - bag.start_ns) / 1e9
     doc = {
         "schema": report_lib.SCHEMA, "units": "percent", "metric_note": NAN_POLICY, "mode": "live",
-        "model": {"name": config.card.name, "checkpoint": config.checkpoint or config.card.checkpoint,
+        "model": {"name": config.card.name, "checkpoint": _path_or_none(config.checkpoint or config.card.checkpoint),
                   "input_size": list(config.card.input_size), "modalities": list(config.modalities),
                   "device": "segment_node"},
         "bag": {"path": str(bag.path), "storage": bag.storage, "duration_s": duration,

@@ -22,10 +22,12 @@ BACKGROUND = (24, 24, 24)
 TEXT = (235, 235, 235)
 USED, ABSENT = (40, 170, 80), (150, 40, 40)
 FONT = cv2.FONT_HERSHEY_SIMPLEX
+TRUTH_SLOP_NS = 50_000_000
 
 
 @dataclass
 class Tiles:
+    stamp_ns: int
     time_s: float
     anchor: str
     used: Tuple[str, ...]
@@ -57,7 +59,7 @@ class Recorder:
         confidence = cv2.resize(confidence, size, interpolation=cv2.INTER_AREA)
         overlay = labels if CAMERA not in frame.used else \
             (0.55 * labels + 0.45 * camera.astype(np.float32)).astype(np.uint8)
-        self.frames.append(Tiles(frame.time_s, frame.anchor, frame.used, camera, labels, overlay, confidence,
+        self.frames.append(Tiles(frame.stamp_ns, frame.time_s, frame.anchor, frame.used, camera, labels, overlay, confidence,
                                  self._sensors(frame)))
 
     def _sensors(self, frame: Frame) -> np.ndarray:
@@ -98,9 +100,11 @@ class Recorder:
                 picked.append(index)
         return [self.frames[i] for i in sorted(picked)]
 
-    def contact_sheet(self, path, drops: Sequence[Drop] = (), title: str = "") -> Path:
+    def contact_sheet(self, path, drops: Sequence[Drop] = (), title: str = "",
+                      truth: Optional[Dict[int, np.ndarray]] = None) -> Path:
+        """`truth`: ground-truth label images by stamp (a column is added for the frames that have one)."""
         picked = self.pick(drops)
-        columns = ("camera", "labels", "confidence", "sensors used")
+        columns = ("camera", *(("ground truth",) if truth else ()), "labels", "confidence", "sensors used")
         gap, margin, header = 4, 110, 22
         width = margin + len(columns) * (self.tile + gap)
         height = header + len(picked) * (self.tile + gap) + (18 if title else 0)
@@ -117,10 +121,20 @@ class Recorder:
             lines = [f"t = {tiles.time_s:.1f} s", *(windows or ["all sensors"])]
             for k, line in enumerate(lines):
                 cv2.putText(sheet, line, (4, y + 20 + 16 * k), FONT, 0.42, TEXT, 1, cv2.LINE_AA)
-            for c, image in enumerate((tiles.camera, tiles.labels, tiles.confidence, tiles.sensors)):
+            images = [tiles.camera, tiles.labels, tiles.confidence, tiles.sensors]
+            if truth:
+                nearest = min(truth, key=lambda stamp: abs(stamp - tiles.stamp_ns))
+                near = abs(nearest - tiles.stamp_ns) <= TRUTH_SLOP_NS  # a depth-anchored frame is ~1 ms off
+                images.insert(1, self._truth_tile(truth[nearest] if near else None))
+            for c, image in enumerate(images):
                 x = margin + c * (self.tile + gap)
                 sheet[y:y + self.tile, x:x + self.tile] = image
         return _write_png(path, sheet)
+
+    def _truth_tile(self, labels: Optional[np.ndarray]) -> np.ndarray:
+        if labels is None:
+            return _caption(np.full((self.tile, self.tile, 3), 60, np.uint8), "no ground truth", 0.4)
+        return cv2.resize(self.class_set.colorize(labels), (self.tile, self.tile), interpolation=cv2.INTER_NEAREST)
 
     def animation(self, path, tile: Optional[int] = None, fps: float = 10.0) -> Path:
         """Animated GIF: camera | labels over the camera | sensors used, one image per frame."""

@@ -137,7 +137,7 @@ def _document(bag, config, segmenter, topics, labels_topic, drops, score_size, r
     duration = (bag.end_ns - bag.start_ns) / 1e9
     doc = {
         "schema": report_lib.SCHEMA, "units": "percent", "metric_note": NAN_POLICY, "mode": "offline",
-        "model": {"name": config.card.name, "checkpoint": config.checkpoint or config.card.checkpoint,
+        "model": {"name": config.card.name, "checkpoint": _path_or_none(config.checkpoint or config.card.checkpoint),
                   "input_size": list(config.card.input_size), "modalities": list(config.modalities),
                   "device": str(segmenter.device)},
         "bag": {"path": str(bag.path), "storage": bag.storage, "duration_s": duration,
@@ -178,3 +178,7 @@ def _progress(total: int, enabled: bool):
     from tqdm import tqdm
 
     return tqdm(total=total, unit="msg", desc="replay", disable=not enabled, leave=False)
+
+
+def _path_or_none(path) -> Optional[str]:
+    return None if path is None else str(path)
