@@ -60,8 +60,10 @@ def replay_live(bag_path, config: NodeConfig, *, drops: Sequence[Drop] = (), out
                 peer.wait_ready(node, START_TIMEOUT_S)
                 scorer = Scorer(config.card.num_classes, config.modalities, drops,
                                 condition=bag.custom_data.get("mmseg.condition"), slop_ns=int(config.slop * 1e9))
-                played = _play(bag, peer, topics, labels_topic, drops, rate, scorer, progress)
+                scoring = _OutputScoring(peer, scorer, bag.start_ns)
+                played = _play(bag, peer, topics, labels_topic, drops, rate, scoring, progress)
                 peer.wait_quiet(played["anchor_stamps"], QUIET_S)
+                scoring.drain()
         finally:
             if node is not None:
                 _stop(node)
@@ -193,15 +195,38 @@ def _to_ros_image(msg):
     return image
 
 
-def _play(bag: InputBag, peer: _Peer, topics, labels_topic, drops, rate, scorer, progress) -> Dict:
-    """Publish the inputs on their recorded schedule; ground truth goes straight to the scorer."""
+class _OutputScoring:
+    """Scores the node's label outputs as they come in, while the ground truth of their time is still held."""
+
+    def __init__(self, peer: _Peer, scorer: Scorer, start_ns: int):
+        self.peer, self.scorer, self.start_ns = peer, scorer, start_ns
+        self.log_of_stamp: Dict[int, int] = {}  # input stamp -> log time: places outputs in the drop-out windows
+        self.done = 0
+
+    def drain(self) -> None:
+        with self.peer.lock:
+            new = self.peer.outputs["labels"][self.done:]
+        for _, msg in new:
+            stamp = stamp_to_ns(msg.header.stamp)
+            log_ns = self.log_of_stamp.get(stamp, stamp)
+            self.scorer.add_frame(Frame(
+                index=self.done, stamp_ns=stamp, log_ns=log_ns, time_s=(log_ns - self.start_ns) / 1e9, anchor="",
+                used=None, missing={}, timing={}, header=msg.header, labels=np.array(msgs.image_to_numpy(msg)),
+                confidence=None))
+            self.done += 1
+
+
+def _play(bag: InputBag, peer: _Peer, topics, labels_topic, drops, rate, scoring: _OutputScoring,
+          progress) -> Dict:
+    """Publish the inputs on their recorded schedule; ground truth goes straight to the scorer, outputs as they
+    come back."""
     from tqdm import tqdm
 
     modality_of = {t: m for m, t in topics.items()}
     read = list(topics.values()) + ([labels_topic] if labels_topic else [])
     sent = {m: 0 for m in topics}
     dropped = {m: 0 for m in topics}
-    log_of_stamp: Dict[int, int] = {}  # input stamp -> log time: places outputs in the drop-out windows
+    log_of_stamp = scoring.log_of_stamp
     anchor_stamps = set()
     late_ms: List[float] = []
     begin = time.monotonic()
@@ -210,7 +235,8 @@ def _play(bag: InputBag, peer: _Peer, topics, labels_topic, drops, rate, scorer,
         for topic, log_ns, msg in bag.messages(read):
             bar.update(1)
             if topic == labels_topic:
-                scorer.add_truth(stamp_to_ns(msg.header.stamp), decode_labels(msg))
+                scoring.scorer.add_truth(stamp_to_ns(msg.header.stamp), decode_labels(msg))
+                scoring.drain()
                 continue
             modality = modality_of[topic]
             seconds = (log_ns - bag.start_ns) / 1e9
@@ -228,7 +254,7 @@ def _play(bag: InputBag, peer: _Peer, topics, labels_topic, drops, rate, scorer,
             log_of_stamp.setdefault(stamp, log_ns)
             if modality == CAMERA:
                 anchor_stamps.add(stamp)
-    return {"sent": sent, "dropped": dropped, "log_of_stamp": log_of_stamp, "anchor_stamps": anchor_stamps,
+    return {"sent": sent, "dropped": dropped, "anchor_stamps": anchor_stamps,
             "wall_s": time.monotonic() - begin, "late_ms": late_ms}
 
 
@@ -244,17 +270,7 @@ def _score_and_report(bag, config, topics, labels_topic, drops, rate, scorer: Sc
                       write_bag: bool) -> Dict:
     with peer.lock:
         outputs = {kind: list(items) for kind, items in peer.outputs.items()}
-    log_of_stamp = played["log_of_stamp"]
-    answered = set()
-    by_stamp = sorted(outputs["labels"], key=lambda item: stamp_to_ns(item[1].header.stamp))
-    for index, (_, msg) in enumerate(by_stamp):
-        stamp = stamp_to_ns(msg.header.stamp)
-        answered.add(stamp)
-        log_ns = log_of_stamp.get(stamp, stamp)
-        frame = Frame(index=index, stamp_ns=stamp, log_ns=log_ns, time_s=(log_ns - bag.start_ns) / 1e9,
-                      anchor="", used=None, missing={}, timing={}, header=msg.header,
-                      labels=np.array(msgs.image_to_numpy(msg)), confidence=None)
-        scorer.add_frame(frame)
+    answered = {stamp_to_ns(m.header.stamp) for _, m in outputs["labels"]}
     if write_bag and out is not None:
         with OutputBag(Path(out) / OUTPUT_BAG, bag.storage if bag.storage in ("mcap", "sqlite3") else "mcap",
                        OUTPUT_TOPICS.values(), custom_data={"mmseg.replay_of": str(bag.path), "mmseg.mode": "live",
