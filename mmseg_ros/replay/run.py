@@ -68,8 +68,9 @@ def replay_offline(bag_path, config: NodeConfig, *, drops: Iterable[Drop] = (), 
                 num_classes = config.card.num_classes
                 output.write(OUTPUT_TOPICS["labels"], frame.log_ns,
                              msgs.labels_to_image(frame.labels, num_classes, frame.header, ros=False))
-                output.write(OUTPUT_TOPICS["confidence"], frame.log_ns,
-                             msgs.confidence_to_image(frame.confidence, frame.header, ros=False))
+                if config.publish_confidence:  # outputs.* parameters choose the topics, as in the node
+                    output.write(OUTPUT_TOPICS["confidence"], frame.log_ns,
+                                 msgs.confidence_to_image(frame.confidence, frame.header, ros=False))
                 if frame.color is not None:
                     output.write(OUTPUT_TOPICS["color"], frame.log_ns,
                                  msgs.color_to_image(frame.color, frame.header, ros=False))
@@ -84,7 +85,7 @@ def replay_offline(bag_path, config: NodeConfig, *, drops: Iterable[Drop] = (), 
             frame.labels = frame.confidence = frame.color = frame.images = None  # scored and written: let them go
 
         replay = OfflineReplay(segmenter, config, bag.start_ns, drops, output_size=output_size,
-                               color=output is not None, on_frame=on_frame)
+                               color=output is not None and config.publish_color, on_frame=on_frame)
         modality_of = {t: m for m, t in topics.items()}
         read = list(topics.values()) + ([labels_topic] if labels_topic else [])
         total = sum(bag.message_count(t) for t in read)
