@@ -1,6 +1,7 @@
 """One offline replay, end to end: open the bag, build the engine, stream the messages, write outputs and report."""
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from pathlib import Path
@@ -11,10 +12,11 @@ import numpy as np
 from .. import modalities, msgs
 from ..atomic import atomic_open
 from ..data.synthetic.bag import LABELS_TOPIC
-from ..errors import ConfigError
+from ..errors import DataError
 from ..evaluation.metrics import NAN_POLICY
 from ..evaluation.tables import save_json
 from ..node_config import NODE_NAME, NodeConfig
+from ..sync import stamp_to_ns
 from . import report as report_lib
 from .bagio import InputBag, OutputBag
 from .offline import Drop, Frame, OfflineReplay, decode_labels
@@ -90,11 +92,9 @@ def replay_offline(bag_path, config: NodeConfig, *, drops: Iterable[Drop] = (), 
         read = list(topics.values()) + ([labels_topic] if labels_topic else [])
         total = sum(bag.message_count(t) for t in read)
         start = time.perf_counter()
-        with (output if output is not None else _nothing()), _progress(total, progress) as bar:
+        with (output if output is not None else contextlib.nullcontext()), _progress(total, progress) as bar:
             for topic, log_ns, msg in bag.messages(read):
                 if topic == labels_topic:
-                    from ..sync import stamp_to_ns
-
                     scorer.add_truth(stamp_to_ns(msg.header.stamp), decode_labels(msg))
                 else:
                     replay.add(modality_of[topic], log_ns, msg)
@@ -102,7 +102,7 @@ def replay_offline(bag_path, config: NodeConfig, *, drops: Iterable[Drop] = (), 
             replay.finish()
         wall = time.perf_counter() - start
         if replay.frames == 0:
-            raise ConfigError(f"bag {bag.path}: no set was synchronized from {list(topics.values())} "
+            raise DataError(f"bag {bag.path}: no set was synchronized from {list(topics.values())} "
                               f"(messages read: {replay.counters.messages})")
         stage_ms["decode"] = replay.counters.decode_ms
         stage_ms["sync_wait"] = replay.counters.wait_ms
@@ -165,14 +165,6 @@ def _document(bag, config, segmenter, topics, labels_topic, drops, score_size, r
     if output is not None:
         doc["output_bag"] = {"path": str(output.path), "storage": output.storage, "counts": dict(output.counts)}
     return doc
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _progress(total: int, enabled: bool):
