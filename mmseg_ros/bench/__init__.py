@@ -13,6 +13,7 @@ BENCHMARKS = {
     "engine": "Segmenter.segment per frame (preprocess, forward, postprocess) for shipped cards",
     "node": "node overhead vs bare DDS transport",
     "train": "training step throughput",
+    "soak": "the node for minutes at 2x sensor rate with random drop-outs: RSS growth, latency p95 drift, drops",
 }
 
 
