@@ -63,7 +63,8 @@ def windows_section(scorer: Scorer) -> Dict:
     windows = []
     for window, matrix in zip(scorer.windows, scorer.window_matrices):
         windows.append({"drop": window.drop.label, "modality": window.drop.modality, "start_s": window.drop.start_s,
-                        "end_s": window.drop.end_s, "frames": window.frames, "used": dict(window.used),
+                        "end_s": window.drop.end_s, "frames": window.frames,
+                        "used": dict(window.used) if scorer.used_known else None,
                         "miou": matrix.scores().miou if matrix.total else None})
     out = {"windows": windows}
     if windows:

@@ -50,6 +50,7 @@ class Scorer:
         self.window_matrices = [ConfusionMatrix(num_classes) for _ in self.drops]
         self.outside = ConfusionMatrix(num_classes)  # frames in no drop-out window
         self.frames = 0
+        self.used_known = True  # every frame said which inputs it used (live outputs do not)
         self.outside_frames = 0
         self.scored = 0
         self.labels_seen = 0
@@ -75,6 +76,7 @@ class Scorer:
 
     def add_frame(self, frame: Frame) -> None:
         self.frames += 1
+        self.used_known &= frame.used is not None
         inside = False
         for window, drop in zip(self.windows, self.drops):
             if drop.covers(frame.time_s):
