@@ -473,22 +473,29 @@ SIZE = 64
 SETS = 30  # valid sets, at SET_HZ
 SET_HZ = 5.0
 BAD_PER_SET = 2  # at most; fewer than SizeGuard.confirm, so wrong-size images never become the usual size
-VALID_ENCODINGS = {"rgb": "rgb8", "depth": "32FC1", "event": "rgb8", "lidar": "32FC1"}
+IMAGE_ENCODINGS = {"rgb": "rgb8", "depth": "32FC1", "event": "rgb8"}
+K = [float(SIZE), 0.0, SIZE / 2, 0.0, float(SIZE), SIZE / 2, 0.0, 0.0, 1.0]
 
 
 def _valid_image(name: str, rng: np.random.Generator) -> np.ndarray:
-    if VALID_ENCODINGS[name] == "32FC1":
+    if IMAGE_ENCODINGS[name] == "32FC1":
         return rng.uniform(1.0, 60.0, (SIZE, SIZE)).astype(np.float32)
     return rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+
+
+def _valid_cloud(rng: np.random.Generator) -> np.ndarray:
+    """Points 5-20 m ahead of the camera (identity extrinsic), spread over the image; x, y, z float32."""
+    z = rng.uniform(5, 20, 500)
+    return np.stack([rng.uniform(-0.45, 0.45, 500) * z, rng.uniform(-0.45, 0.45, 500) * z, z], 1).astype(np.float32)
 
 
 def fuzzed_invalid_image(name: str, rng: np.random.Generator):
     """A real sensor_msgs/Image for input `name` that the node must reject, drawn from the adversarial cases above:
     (kind, message)."""
     kinds = ["truncated", "empty", "unknown_encoding", "foreign_encoding", "short_step", "odd_step", "huge",
-             "zero_size", "wrong_size"] + (["no_return"] if VALID_ENCODINGS[name] == "32FC1" else [])
+             "zero_size", "wrong_size"] + (["no_return"] if IMAGE_ENCODINGS[name] == "32FC1" else [])
     kind = str(rng.choice(kinds))
-    msg = msgs.numpy_to_image(_valid_image(name, rng), VALID_ENCODINGS[name], ros=True)
+    msg = msgs.numpy_to_image(_valid_image(name, rng), IMAGE_ENCODINGS[name], ros=True)
     row = msg.step
     if kind == "truncated":
         msg.data = bytes(msg.data)[:int(rng.integers(0, len(msg.data)))]
@@ -509,24 +516,89 @@ def fuzzed_invalid_image(name: str, rng: np.random.Generator):
         msg.height, msg.width = (0, SIZE) if rng.random() < 0.5 else (SIZE, 0)
     elif kind == "wrong_size":
         half = _valid_image(name, rng)[::2, ::2]
-        msg = msgs.numpy_to_image(np.ascontiguousarray(half), VALID_ENCODINGS[name], ros=True)
+        msg = msgs.numpy_to_image(np.ascontiguousarray(half), IMAGE_ENCODINGS[name], ros=True)
     elif kind == "no_return":
         msg = msgs.numpy_to_image(np.full((SIZE, SIZE), rng.choice([np.nan, -1.0, np.inf, 0.0]), np.float32),
                                   "32FC1", ros=True)
     if kind != "wrong_size":  # (rejected by the node's size guard, not by decoding)
         with pytest.raises(MMSegError):
             node_core.decode_input(name, msg)
-    return kind, msg
+    return "image:" + kind, msg
+
+
+def fuzzed_invalid_cloud(rng: np.random.Generator):
+    """A real PointCloud2 the node must reject on arrival: (kind, message)."""
+    kind = str(rng.choice(["truncated", "point_step_zero", "point_step_huge", "offset_beyond", "unknown_datatype",
+                           "count_zero", "duplicate_name", "short_row_step", "huge", "no_fields"]))
+    msg = msgs.numpy_to_pointcloud(_valid_cloud(rng), ros=True)
+    fields = list(msg.fields)
+    if kind == "truncated":
+        msg.data = bytes(msg.data)[:int(rng.integers(0, len(msg.data)))]
+    elif kind == "point_step_zero":
+        msg.point_step = 0
+    elif kind == "point_step_huge":
+        msg.point_step = 2**31 + int(rng.integers(0, 2**31 - 1))
+    elif kind == "offset_beyond":
+        fields[int(rng.integers(0, 3))].offset = msg.point_step - int(rng.integers(0, 4))
+    elif kind == "unknown_datatype":
+        fields[int(rng.integers(0, 3))].datatype = int(rng.choice([0, 9, 200]))
+    elif kind == "count_zero":
+        fields[int(rng.integers(0, 3))].count = 0
+    elif kind == "duplicate_name":
+        fields[2].name = fields[0].name
+    elif kind == "short_row_step":
+        msg.row_step = int(rng.integers(0, msg.row_step))
+    elif kind == "huge":
+        msg.height, msg.width = 2**16, 2**16
+    elif kind == "no_fields":
+        fields = []
+    msg.fields = fields
+    with pytest.raises(MMSegError):
+        msgs.pointcloud_to_numpy(msg)
+    return "cloud:" + kind, msg
+
+
+def fuzzed_invalid_camera_info(rng: np.random.Generator):
+    """A real CameraInfo the node must reject (reported on the LiDAR input, whose projection needs it)."""
+    kind = str(rng.choice(["nan_k", "inf_k", "zero_focal", "not_homogeneous", "nan_d", "d_length", "unknown_model",
+                           "zero_size", "huge"]))
+    msg = msgs.numpy_to_camera_info(K, SIZE, SIZE, ros=True)
+    k, d = list(msg.k), [0.01, -0.02, 0.0, 0.0, 0.001]
+    if kind == "nan_k":
+        k[int(rng.integers(0, 9))] = float("nan")
+    elif kind == "inf_k":
+        k[int(rng.choice([0, 2, 4, 5]))] = float("inf")
+    elif kind == "zero_focal":
+        k[int(rng.choice([0, 4]))] = 0.0
+    elif kind == "not_homogeneous":
+        k[8] = 0.0
+    elif kind == "nan_d":
+        d[int(rng.integers(0, 5))] = float("nan")
+    elif kind == "d_length":
+        d = d[:int(rng.integers(1, 5))]
+    elif kind == "unknown_model":
+        msg.distortion_model = "equidistant"
+    elif kind == "zero_size":
+        msg.width = 0
+    elif kind == "huge":
+        msg.width, msg.height = 2**16, 2**16
+    msg.k, msg.d = k, d
+    with pytest.raises(MMSegError):
+        msgs.camera_from_info(msg)
+    return "camera_info:" + kind, msg
 
 
 def test_running_node_keeps_publishing_through_fuzzed_inputs(tmp_path):
-    """Valid sets on all four inputs at 5 Hz, each followed by up to two fuzzed invalid images on random inputs
-    (reliable QoS, so every message reaches the node): every valid set gets labels unless counted as superseded,
-    no bad message ever produces an output, and each input reports exactly its bad messages in diagnostics."""
+    """A node with a PointCloud2 LiDAR gets valid sets (camera, depth, events, cloud + CameraInfo) at 5 Hz, each
+    followed by up to two fuzzed invalid messages (images, clouds, camera infos) on random inputs, all reliable so
+    every message reaches the node: every valid set gets labels unless counted as superseded, no rejected message
+    ever produces an output, and each input reports exactly its bad messages in diagnostics."""
     import test_node as live  # the node tests' listener and process helpers
 
     from rclpy.qos import QoSProfile, ReliabilityPolicy
-    from sensor_msgs.msg import Image
+    from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+
+    from mmseg_ros import node_config
 
     listener = live.Listener()
     labels_topic = f"{NODE_NS}/{live.NODE}/labels"
@@ -534,34 +606,46 @@ def test_running_node_keeps_publishing_through_fuzzed_inputs(tmp_path):
     listener.watch_latched(f"{NODE_NS}/{live.NODE}/class_names")
     listener.watch_diagnostics(f"{NODE_NS}/{live.NODE}: ")
     qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-    publishers = {m: listener.node.create_publisher(Image, f"{NODE_NS}/{m}/image", qos) for m in VALID_ENCODINGS}
+    topics = node_config.input_topics(["rgb", "depth", "event", "lidar"], "points")
+    publishers = {name: listener.node.create_publisher(PointCloud2 if name == "lidar" else Image,
+                                                       f"{NODE_NS}/{topic}", qos) for name, topic in topics.items()}
+    info_publisher = listener.node.create_publisher(CameraInfo, f"{NODE_NS}/{node_config.camera_info_topic()}", qos)
     log = tmp_path / "node.log"
-    node = live.start_node(log, NODE_NS, "inputs.qos:=reliable", "outputs.color:=false")
+    node = live.start_node(log, NODE_NS, "inputs.qos:=reliable", "inputs.lidar_source:=points",
+                           "outputs.color:=false")
     rng = np.random.default_rng(8)
     valid_stamps: List[int] = []
     bad_stamps: List[int] = []
-    bad_sent = dict.fromkeys(VALID_ENCODINGS, 0)
+    bad_sent = dict.fromkeys(topics, 0)
     kinds = set()
     try:
         live.wait_for(lambda: listener.strings[f"{NODE_NS}/{live.NODE}/class_names"], live.START_TIMEOUT_S,
                       "the node to become active", node, log)
-        live.wait_for(lambda: all(p.get_subscription_count() for p in publishers.values()), 30.0,
-                      "the node to subscribe", node, log)
+        live.wait_for(lambda: all(p.get_subscription_count() for p in [*publishers.values(), info_publisher]),
+                      30.0, "the node to subscribe", node, log)
         time.sleep(0.5)  # the node's readers finish matching a moment after the writers see them
-        images = {m: _valid_image(m, rng) for m in VALID_ENCODINGS}
+        images = {m: _valid_image(m, rng) for m in IMAGE_ENCODINGS}
+        cloud = _valid_cloud(rng)
         start = time.monotonic()
         for k in range(SETS):
             stamp = listener.node.get_clock().now().nanoseconds
             header = msgs.Header(msgs.Time(*divmod(stamp, NS)), "fuzz_camera")
+            info_publisher.publish(msgs.numpy_to_camera_info(K, SIZE, SIZE, header=header, ros=True))
             for name, pixels in images.items():
-                publishers[name].publish(msgs.numpy_to_image(pixels, VALID_ENCODINGS[name], header, ros=True))
+                publishers[name].publish(msgs.numpy_to_image(pixels, IMAGE_ENCODINGS[name], header, ros=True))
+            publishers["lidar"].publish(msgs.numpy_to_pointcloud(cloud, header, ros=True))
             valid_stamps.append(stamp)
             for i in range(int(rng.integers(0, BAD_PER_SET + 1))):
-                name = str(rng.choice(list(VALID_ENCODINGS)))
-                kind, msg = fuzzed_invalid_image(name, rng)
+                name = str(rng.choice(list(topics)))
+                if name != "lidar":
+                    kind, msg = fuzzed_invalid_image(name, rng)
+                elif rng.random() < 0.6:
+                    kind, msg = fuzzed_invalid_cloud(rng)
+                else:
+                    kind, msg = fuzzed_invalid_camera_info(rng)
                 bad_stamp = stamp + (i + 1) * 1_000_000  # 1 ms apart, never a valid set's stamp
                 msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(bad_stamp, NS)
-                publishers[name].publish(msg)
+                (info_publisher if kind.startswith("camera_info") else publishers[name]).publish(msg)
                 bad_stamps.append(bad_stamp)
                 bad_sent[name] += 1
                 kinds.add(kind)
@@ -579,23 +663,23 @@ def test_running_node_keeps_publishing_through_fuzzed_inputs(tmp_path):
     text = log.read_text(errors="replace")
     assert alive and code == 0, text[-2000:]
     assert "Traceback" not in text
-    assert len(kinds) >= 6, kinds  # the stream really mixed many kinds of bad input
+    assert len(kinds) >= 12 and {k.split(":")[0] for k in kinds} == {"image", "cloud", "camera_info"}, kinds
     outputs = listener.seen(labels_topic)
     answered = {o.stamp for o in outputs}
     assert answered <= set(valid_stamps), "an output carries the stamp of a rejected message"
-    assert not answered & set(bad_stamps)
     assert all(o.ok and (o.width, o.height, o.frame_id) == (SIZE, SIZE, "fuzz_camera") for o in outputs)
-    node_status = [d.statuses[f"{NODE_NS}/{live.NODE}: segmentation"] for d in listener.diagnostics()
-                   if f"{NODE_NS}/{live.NODE}: segmentation" in d.statuses]
-    final = node_status[-1][2]
+    diags = listener.diagnostics()
+    final = [d.statuses[f"{NODE_NS}/{live.NODE}: segmentation"] for d in diags
+             if f"{NODE_NS}/{live.NODE}: segmentation" in d.statuses][-1][2]
     lost = len(valid_stamps) - len(answered)
     assert lost <= int(final["dropped_superseded"]) + 1, (lost, final)  # every lost set is counted
     assert len(answered) >= SETS // 2, f"labels for {len(answered)} of {SETS} valid sets"
+    assert final["modalities_used"] == "rgb,depth,event,lidar", final  # the projected cloud is used
     for name, sent in bad_sent.items():
-        reports = [d.statuses[f"{NODE_NS}/{live.NODE}: {name} input"] for d in listener.diagnostics()
+        reports = [d.statuses[f"{NODE_NS}/{live.NODE}: {name} input"] for d in diags
                    if f"{NODE_NS}/{live.NODE}: {name} input" in d.statuses]
         assert int(reports[-1][2]["bad_messages"]) == sent, (name, sent, reports[-1])
         if sent:
             assert any(level == 2 and message.startswith("bad input") for level, message, _ in reports), name
-    print(f"\nnode under fuzz: {SETS} valid sets, {sum(bad_sent.values())} bad images ({len(kinds)} kinds), labels "
-          f"for {len(answered)}, superseded {final['dropped_superseded']}")
+    print(f"\nnode under fuzz: {SETS} valid sets, {sum(bad_sent.values())} bad messages ({len(kinds)} kinds), "
+          f"labels for {len(answered)}, superseded {final['dropped_superseded']}")
