@@ -428,7 +428,8 @@ def pointcloud_xyz(msg_or_points, names: Sequence[str] = ("x", "y", "z")) -> np.
     xyz = np.empty((points.size, 3), dtype=np.float64)
     finite = np.ones(points.size, dtype=bool)
     for column, name in enumerate(names):  # column by column: reductions over a length-3 axis are slow in numpy
-        xyz[:, column] = points[name]
+        with np.errstate(invalid="ignore"):  # converting a signalling NaN warns; it is dropped as non-finite below
+            xyz[:, column] = points[name]
         finite &= np.isfinite(xyz[:, column])
     return xyz[finite]
 
@@ -636,10 +637,13 @@ def project_points(points, camera: Camera, extrinsic, *, value: str = "range", m
     first = np.ones(order.size, dtype=bool)
     np.not_equal(sorted_pixels[1:], sorted_pixels[:-1], out=first[1:])
     winners = hit[order[first]]
-    if value == "range":
-        image.reshape(-1)[sorted_pixels[first]] = np.sqrt(px[winners] ** 2 + py[winners] ** 2 + pz[winners] ** 2)
-    else:
-        image.reshape(-1)[sorted_pixels[first]] = z[winners]
+    with np.errstate(over="ignore", invalid="ignore"):
+        if value == "range":
+            values = np.sqrt(px[winners] ** 2 + py[winners] ** 2 + pz[winners] ** 2).astype(np.float32)
+        else:
+            values = z[winners].astype(np.float32)
+    values[~np.isfinite(values)] = 0.0  # beyond float32 (a broken driver's 1e39 m): no return, as documented
+    image.reshape(-1)[sorted_pixels[first]] = values
     return image
 
 
