@@ -215,7 +215,11 @@ def mutated_clouds(draw, ros: bool = False):
     msg = msgs.numpy_to_pointcloud(points, height=n_rows, row_step=dtype.itemsize * n_cols + draw(st.integers(0, 7)),
                                    ros=ros)
     kind = draw(st.sampled_from(["none", "truncate", "point_step", "row_step", "offset", "overlap", "datatype",
-                                 "count", "huge", "empty"]))
+                                 "count", "huge", "empty", "far"]))
+    if kind == "far" and points.size:  # finite coordinates whose range overflows float32, inside the image
+        far = points.copy()
+        far[0]["x"], far[0]["y"], far[0]["z"] = (np.float32(c * draw(FAR)) for c in (0.5, 0.5, 1.0))
+        msg = msgs.numpy_to_pointcloud(far, height=n_rows, row_step=msg.row_step, ros=ros)
     fields = list(msg.fields)
     if kind == "truncate":
         msg.data = bytes(msg.data)[:draw(st.integers(0, max(0, len(msg.data) - 1)))]
@@ -246,6 +250,9 @@ CAMERA = msgs.camera_from_info(msgs.numpy_to_camera_info([40.0, 0.0, 32.0, 0.0, 
 
 
 EXTRINSIC = np.eye(4)
+
+
+FAR = st.sampled_from([1e30, 2.5e38, 3.4e38])
 
 
 def _check_cloud(msg):
