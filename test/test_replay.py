@@ -14,6 +14,7 @@ CARD = "test_tiny_mle_sam"
 SIZE = 64  # the tiny card's input size: camera frames at model size, so no resize separates replay from eval
 FRAMES = 30  # 3 s at 10 Hz
 CONDITION = "night"
+DECODER_GAIN = 3.0
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,12 @@ def drive(tmp_path_factory):
     import torch
 
     torch.manual_seed(0)
-    checkpoint = save_checkpoint(build_model(CARD), root / "tiny.pt")
+    model = build_model(CARD)
+    with torch.no_grad():  # random init predicts nearly one class whatever the input; a sharper decoder follows
+        for name, parameter in model.named_parameters():  # the features (11 classes; without LiDAR ~5% px change)
+            if name.startswith("decoder"):
+                parameter.mul_(DECODER_GAIN)
+    checkpoint = save_checkpoint(model, root / "tiny.pt")
     return root, checkpoint
 
 
@@ -66,11 +72,11 @@ def test_offline_replay_scores_like_mmseg_eval_on_the_same_frames(drive, tmp_pat
     assert replayed["pixels"] == evaluated["pixels"]  # the same labelled pixels
     assert abs(replayed["miou"] - evaluated["miou"]) < 0.5, (replayed["miou"], evaluated["miou"])
     # Stronger than the mIoU: the predictions agree pixel for pixel but for quantisation (depth/LiDAR in the tree
-    # are whole millimetres, in the bag float metres).
+    # are whole millimetres, in the bag float metres). Leaving LiDAR out changes ~50x more than this allows.
     confusion_eval, confusion_replay = np.array(evaluated["confusion"]), np.array(replayed["confusion"])
     print(f"mIoU eval {evaluated['miou']:.3f} replay {replayed['miou']:.3f}; confusion cells differing by "
           f"{np.abs(confusion_eval - confusion_replay).sum()} of {confusion_eval.sum()} pixels")
-    assert np.abs(confusion_eval - confusion_replay).sum() <= 0.01 * confusion_eval.sum()
+    assert np.abs(confusion_eval - confusion_replay).sum() <= 0.001 * confusion_eval.sum()
     assert report["conditions"][CONDITION]["miou"] == pytest.approx(replayed["miou"])
 
 
