@@ -27,6 +27,9 @@ def test_drop_schedule_is_seeded_covers_every_sensor_and_fits():
         windows = sorted((x, y) for s, x, y in a if s == sensor)
         assert all(7.5 <= x and 1.5 <= y - x <= 6.0 + 0.01 and y <= 60.0 for x, y in windows)
         assert all(b[0] > a_[1] + 1.0 for a_, b in zip(windows, windows[1:]))  # service between drop-outs
+    crowded = soak.drop_schedule(5, 120.0, 12.0, (2.0, 8.0))  # many long drop-outs: still never all at once
+    down = lambda t: {s for s, x, y in crowded if x <= t <= y}  # noqa: E731
+    assert len(crowded) > 40 and all(len(down(t / 10)) < len(soak.SENSORS) for t in range(1200))
 
 
 def test_short_soak_no_crash_no_leak_stable_latency_drops_counted(tmp_path):

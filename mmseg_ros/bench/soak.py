@@ -71,7 +71,8 @@ def configure(parser):
 def drop_schedule(seed: int, duration_s: float, per_minute: float, length_s: Tuple[float, float],
                   start_s: float = 0.0, sensors=SENSORS) -> List[Tuple[str, float, float]]:
     """Random drop-out windows (sensor, start, end) in [start_s, duration_s): for every sensor a Poisson number
-    (mean per_minute per minute, at least one) of non-overlapping windows of uniform length in `length_s`."""
+    (mean per_minute per minute, at least one) of non-overlapping windows of uniform length in `length_s`, never
+    all sensors at once (then no output can come, which would read as a stall)."""
     import numpy as np
 
     low, high = length_s
@@ -90,10 +91,20 @@ def drop_schedule(seed: int, duration_s: float, per_minute: float, length_s: Tup
                 break
             a = start_s + float(rng.uniform(0.0, span))
             b = a + float(rng.uniform(low, high))
-            if all(b + 1.0 < s or a > e + 1.0 for s, e in taken):  # a second of service between drop-outs
+            a, b = round(a, 2), round(b, 2)
+            if (all(b + 1.0 < s or a > e + 1.0 for s, e in taken)  # a second of service between drop-outs
+                    and not _all_down(a - 1.0, b + 1.0, windows, [x for x in sensors if x != sensor])):
                 taken.append((a, b))
-        windows += [(sensor, round(a, 2), round(b, 2)) for a, b in sorted(taken)]
+        windows += [(sensor, a, b) for a, b in sorted(taken)]
     return windows
+
+
+def _all_down(start: float, end: float, windows, others) -> bool:
+    """Whether every sensor in `others` has a drop-out covering one common instant of [start, end]."""
+    if not others:
+        return True
+    spans = [(max(start, a), min(end, b)) for s, a, b in windows if s == others[0] and a < end and b > start]
+    return any(_all_down(a, b, windows, others[1:]) for a, b in spans)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
