@@ -81,7 +81,7 @@ def to_markdown(report: Mapping, per_class: bool = True) -> str:
              f"{bag['duration_s']:.1f} s" + (f", condition **{bag['condition']}**" if bag.get("condition") else "")
              + (f", recorded failure {bag['failure']}" if bag.get("failure") not in (None, "none") else "")
              + f". Scored at {report['settings']['score_size']} resolution.", ""]
-    lines.append(f"Frames: {frames['processed']} processed of {frames['anchor_messages']} camera messages, "
+    lines.append(f"Frames: {frames['processed']} segmented ({frames['anchor_messages']} camera messages in the bag), "
                  f"{frames['scored']} scored against ground truth"
                  + (f", {frames['below_min']} below min_modalities" if frames.get("below_min") else "")
                  + (f", {frames['answered']} camera frames answered, {frames['unanswered']} not"
