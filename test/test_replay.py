@@ -215,3 +215,29 @@ def test_live_replay_into_the_real_node_answers_every_frame_and_scores_like_offl
     with InputBag(tmp_path / "live" / "segmented") as out:
         assert out.message_count("/segment_node/labels") == live["frames"]["processed"]
         assert out.message_count("/segment_node/confidence") == live["frames"]["processed"]
+
+
+def test_lidar_as_points_is_projected_like_the_node_with_the_bags_extrinsic(drive):
+    """inputs.lidar_source=points: /lidar/points + /rgb/camera_info, projected with the LiDAR->camera transform the
+    generator recorded in the bag's metadata; the projected returns land where the bag's LiDAR image has them."""
+    from mmseg_ros import msgs
+    from mmseg_ros.node_config import NodeConfig
+    from mmseg_ros.replay.bagio import InputBag
+    from mmseg_ros.replay.run import replay_offline
+    from mmseg_ros.sync import stamp_to_ns
+
+    root, checkpoint = drive
+    config = NodeConfig.from_values({"model.card": CARD, "model.checkpoint": str(checkpoint),
+                                     "inputs.lidar_source": "points"})
+    projected = {}
+    report = replay_offline(root / "drive_mcap", config, progress=False,
+                            watch=lambda frame: projected.setdefault(frame.stamp_ns, np.array(frame.images["lidar"])))
+    assert report["inputs"]["lidar"]["topic"] == "/lidar/points" and report["frames"]["used"]["lidar"] == FRAMES
+    with InputBag(root / "drive_mcap") as bag:
+        recorded = {stamp_to_ns(m.header.stamp): np.array(msgs.image_to_numpy(m))
+                    for _, _, m in bag.messages(["/lidar/image"])}
+        assert report["settings"]["lidar_extrinsic"] == json.loads(bag.custom_data["mmseg.camera_from_lidar"])
+    for stamp, image in projected.items():
+        reference = recorded[min(recorded, key=lambda s: abs(s - stamp))]
+        ours, theirs = image > 0, reference > 0
+        assert (ours & theirs).sum() / (ours | theirs).sum() > 0.8

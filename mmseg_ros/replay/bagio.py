@@ -23,6 +23,8 @@ from ..errors import ConfigError, DataError
 
 STORAGES = ("mcap", "sqlite3")
 IMAGE_TYPE = "sensor_msgs/msg/Image"
+POINTS_TYPE = "sensor_msgs/msg/PointCloud2"
+CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
 METADATA = "metadata.yaml"
 
 
@@ -91,17 +93,17 @@ class InputBag:
     def message_count(self, topic: str) -> int:
         return sum(c.msgcount for c in self._reader.connections if c.topic == topic)
 
-    def require(self, topics: Iterable[str], why: str) -> None:
-        """DataError naming the topics the bag lacks (or carries with another type) and listing what it has."""
+    def require(self, expected: Mapping[str, str], why: str) -> None:
+        """DataError naming the topics (topic -> message type) the bag lacks or carries with another type, and
+        listing what it has."""
         have = self.topics
-        missing = [t for t in topics if t not in have]
+        missing = [t for t in expected if t not in have]
         if missing:
             listing = ", ".join(f"{t} ({m})" for t, m in sorted(have.items())) or "nothing"
             raise DataError(f"bag {self.path} has no {', '.join(missing)} ({why}); it has: {listing}")
-        wrong = {t: have[t] for t in topics if have[t] != IMAGE_TYPE}
+        wrong = [f"{t} is {have[t]}, expected {m}" for t, m in expected.items() if have[t] != m]
         if wrong:
-            raise DataError(f"bag {self.path}: {', '.join(f'{t} is {m}' for t, m in wrong.items())}; "
-                            f"expected {IMAGE_TYPE}")
+            raise DataError(f"bag {self.path}: {'; '.join(wrong)}")
 
     # -- reading ----------------------------------------------------------------------------------------------------
 

@@ -57,11 +57,7 @@ def node_config(args) -> NodeConfig:
         if not sep or not name:
             raise ConfigError(f"--param expects NAME=VALUE, got {pair!r}")
         values[name.strip()] = yaml.safe_load(text)
-    config = NodeConfig.from_values(values)
-    if config.lidar_source != "image":
-        raise ConfigError("inputs.lidar_source=points is not supported by the offline replay; it reads the LiDAR "
-                          "image topic")
-    return config
+    return NodeConfig.from_values(values)
 
 
 def main(args) -> int:
@@ -71,6 +67,8 @@ def main(args) -> int:
     drops = [parse_drop(text) for text in args.drop]
     out = Path(args.out) if args.out else Path("out", "replay", Path(args.bag).resolve().name)
     if args.live:
+        if config.lidar_source != "image":
+            raise ConfigError("--live publishes image topics only: inputs.lidar_source=points works offline")
         if args.score_size != "input":
             raise ConfigError("--live scores what the node publishes (camera resolution): --score-size input only")
         from .live import replay_live

@@ -22,7 +22,7 @@ import numpy as np
 
 from .. import modalities, msgs, node_core
 from ..errors import ConfigError, DataError, MessageError
-from ..node_config import CAMERA, NodeConfig
+from ..node_config import CAMERA, LIDAR, POINTS, NodeConfig
 from ..sync import NS_PER_S, SyncConfig, SyncSet, Synchronizer, stamp_to_ns
 
 # An input whose first messages are all rejected is a wiring problem (wrong topic, unsupported encoding), not a
@@ -115,6 +115,8 @@ class OfflineReplay:
         self.sizes = node_core.SizeGuard()
         self.counters = Counters(**{key: {m: 0 for m in config.modalities}
                                     for key in ("messages", "dropped", "rejected", "accepted", "backwards")})
+        self._points = config.lidar_source == POINTS
+        self._camera = None  # msgs.Camera from the newest CameraInfo
         self.frames = 0
         self.anchor_counts = {m: 0 for m in config.modalities}  # processed sets per anchor
         self.used_counts = {m: 0 for m in config.modalities}  # processed sets each modality went into
@@ -135,12 +137,16 @@ class OfflineReplay:
             c.dropped[modality] += 1
             return
         begin = time.perf_counter()
+        image = points = None
         try:
             stamp = stamp_to_ns(msg.header.stamp)
-            image = node_core.decode_input(modality, msg)
-            wrong_size = self.sizes.check(modality, image)
-            if wrong_size:
-                raise MessageError(wrong_size)
+            if modality == LIDAR and self._points:
+                points = msgs.pointcloud_to_numpy(msg)  # checked now, projected if its set is processed
+            else:
+                image = node_core.decode_input(modality, msg)
+                wrong_size = self.sizes.check(modality, image)
+                if wrong_size:
+                    raise MessageError(wrong_size)
         except MessageError as exc:
             self._reject(modality, str(exc), log_ns)
             return
@@ -148,12 +154,24 @@ class OfflineReplay:
         c.accepted[modality] += 1
         if self.order.check(modality, stamp):
             c.backwards[modality] += 1
-        self._process_all(self.sync.add(modality, stamp, (msg.header, image), log_ns))
+        self._process_all(self.sync.add(modality, stamp, (msg.header, image, points), log_ns))
+
+    def camera_info(self, log_ns: int, msg) -> None:
+        """A CameraInfo of the camera the LiDAR points are projected into (the newest one is used)."""
+        try:
+            self._camera = msgs.camera_from_info(msg)
+        except MessageError as exc:
+            self._reject(LIDAR, f"CameraInfo: {exc}", log_ns)
 
     def finish(self) -> None:
         """The bag ended: let the sets still waiting run out their max_wait, as a running node would."""
         if self._last_ns is not None:
             self._process_all(self.sync.poll(self._last_ns + self.sync.config.max_wait_ns + 1))
+
+    def _project(self, points: np.ndarray) -> np.ndarray:
+        if self._camera is None:  # as in the node: clouds may come before the first CameraInfo
+            raise MessageError(f"{LIDAR}: no CameraInfo received yet; cannot project the points")
+        return msgs.project_points(msgs.pointcloud_xyz(points), self._camera, self.config.lidar_extrinsic)
 
     def _reject(self, modality: str, reason: str, log_ns: int) -> None:
         self.counters.rejected[modality] += 1
@@ -175,7 +193,14 @@ class OfflineReplay:
         missing = {name: reason.value for name, reason in sset.missing.items()}
         anchor_size = None
         for name in (sset.anchor, *(n for n in sset.messages if n != sset.anchor)):  # anchor first: it sets the size
-            header, image = sset.messages[name].payload
+            header, image, points = sset.messages[name].payload
+            if image is None:
+                try:
+                    image = self._project(points)
+                except MessageError as exc:
+                    self._reject(name, str(exc), sset.emitted_ns)
+                    missing[name] = "rejected"
+                    continue
             if anchor_size is None:
                 anchor_size = node_core.size_of(image)
             elif not cfg.allow_size_mismatch:

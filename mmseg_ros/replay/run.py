@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import time
 import warnings
 from pathlib import Path
@@ -9,7 +11,7 @@ from typing import Callable, Dict, Iterable, Optional
 
 import numpy as np
 
-from .. import modalities, msgs
+from .. import msgs, node_config
 from ..atomic import atomic_open
 from ..data.synthetic.bag import LABELS_TOPIC
 from ..errors import DataError
@@ -18,7 +20,7 @@ from ..evaluation.tables import save_json
 from ..node_config import NODE_NAME, NodeConfig
 from ..sync import stamp_to_ns
 from . import report as report_lib
-from .bagio import InputBag, OutputBag
+from .bagio import CAMERA_INFO_TYPE, IMAGE_TYPE, POINTS_TYPE, InputBag, OutputBag
 from .offline import Drop, Frame, OfflineReplay, decode_labels
 from .scoring import Scorer
 
@@ -28,19 +30,43 @@ OUTPUT_TOPICS = {kind: f"/{NODE_NAME}/{kind}" for kind in ("labels", "confidence
 
 
 def input_topics(config: NodeConfig) -> Dict[str, str]:
-    """modality -> absolute topic in the bag: the registry's default topic (what segment_node subscribes to)."""
-    return {m: "/" + modalities.get(m).topic for m in config.modalities}
+    """modality -> absolute topic in the bag: what segment_node subscribes to (the registry's topics; the LiDAR's
+    PointCloud2 beside its image topic with inputs.lidar_source=points)."""
+    return {m: "/" + t for m, t in node_config.input_topics(config.modalities, config.lidar_source).items()}
+
+
+def camera_info_topic(config: NodeConfig) -> Optional[str]:
+    """The CameraInfo topic that projects LiDAR points, when the LiDAR comes as points."""
+    uses_points = config.lidar_source == node_config.POINTS and node_config.LIDAR in config.modalities
+    return "/" + node_config.camera_info_topic() if uses_points else None
 
 
 def bag_topics(bag: InputBag, config: NodeConfig, labels_topic: Optional[str]):
     """(modality -> input topic, ground-truth topic or None), checked against what the bag holds."""
     topics = input_topics(config)
-    bag.require(topics.values(), "an input of the model")
+    expected = {t: (POINTS_TYPE if t.endswith("/" + node_config.POINTS) else IMAGE_TYPE) for t in topics.values()}
+    info = camera_info_topic(config)
+    if info:
+        expected[info] = CAMERA_INFO_TYPE
+    bag.require(expected, "an input of the model")
     if labels_topic:
-        bag.require([labels_topic], "the ground-truth labels topic given")
+        bag.require({labels_topic: IMAGE_TYPE}, "the ground-truth labels topic given")
     elif LABELS_TOPIC in bag.topics:
         labels_topic = LABELS_TOPIC
     return topics, labels_topic
+
+
+def with_bag_extrinsic(config: NodeConfig, bag: InputBag) -> NodeConfig:
+    """A generator bag records its LiDAR -> camera transform (mmseg.camera_from_lidar); it is used for points when
+    inputs.lidar_extrinsic was left at its identity default."""
+    recorded = bag.custom_data.get("mmseg.camera_from_lidar")
+    if camera_info_topic(config) is None or recorded is None or config.lidar_extrinsic != _IDENTITY:
+        return config
+    matrix = tuple(tuple(float(v) for v in row) for row in json.loads(recorded))
+    return dataclasses.replace(config, lidar_extrinsic=matrix)
+
+
+_IDENTITY = tuple(tuple(node_config.IDENTITY_4X4[4 * r:4 * r + 4]) for r in range(4))
 
 
 def replay_offline(bag_path, config: NodeConfig, *, drops: Iterable[Drop] = (), out=None, storage: Optional[str] = None,
@@ -51,6 +77,8 @@ def replay_offline(bag_path, config: NodeConfig, *, drops: Iterable[Drop] = (), 
     drops = tuple(drops)
     with InputBag(bag_path) as bag:
         topics, labels_topic = bag_topics(bag, config, labels_topic)
+        config = with_bag_extrinsic(config, bag)
+        info_topic = camera_info_topic(config)
         if segmenter is None:
             segmenter = _segmenter(config)
         output_size = tuple(config.card.input_size) if score_size == "model" else None
@@ -89,13 +117,15 @@ def replay_offline(bag_path, config: NodeConfig, *, drops: Iterable[Drop] = (), 
         replay = OfflineReplay(segmenter, config, bag.start_ns, drops, output_size=output_size,
                                color=output is not None and config.publish_color, on_frame=on_frame)
         modality_of = {t: m for m, t in topics.items()}
-        read = list(topics.values()) + ([labels_topic] if labels_topic else [])
+        read = list(topics.values()) + [t for t in (labels_topic, info_topic) if t]
         total = sum(bag.message_count(t) for t in read)
         start = time.perf_counter()
         with (output if output is not None else contextlib.nullcontext()), _progress(total, progress) as bar:
             for topic, log_ns, msg in bag.messages(read):
                 if topic == labels_topic:
                     scorer.add_truth(stamp_to_ns(msg.header.stamp), decode_labels(msg))
+                elif topic == info_topic:
+                    replay.camera_info(log_ns, msg)
                 else:
                     replay.add(modality_of[topic], log_ns, msg)
                 bar.update(1)
@@ -147,7 +177,10 @@ def _document(bag, config, segmenter, topics, labels_topic, drops, score_size, r
         "settings": {"score_size": score_size, "drops": [d.label for d in drops],
                      "sync": {"anchor": config.anchor, "fallback": list(config.fallback), "slop": config.slop,
                               "max_wait": config.max_wait, "anchor_timeout": config.anchor_timeout,
-                              "min_modalities": config.min_modalities}},
+                              "min_modalities": config.min_modalities},
+                     "lidar_source": config.lidar_source,
+                     **({"lidar_extrinsic": [list(row) for row in config.lidar_extrinsic]}
+                        if camera_info_topic(config) else {})},
         "classes": list(config.card.class_names),
         "frames": {"anchor_messages": c.messages[config.anchor], "processed": replay.frames, "scored": scorer.scored,
                    "unscored": scorer.unscored, "labels": scorer.labels_seen, "below_min": c.below_min,
