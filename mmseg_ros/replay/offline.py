@@ -199,6 +199,9 @@ class OfflineReplay:
                     image = self._project(points)
                 except MessageError as exc:
                     self._reject(name, str(exc), sset.emitted_ns)
+                    if anchor_size is None:  # the anchor itself is unusable: the node gives the set up
+                        self.counters.below_min += 1
+                        return
                     missing[name] = "rejected"
                     continue
             if anchor_size is None:
