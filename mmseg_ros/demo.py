@@ -59,6 +59,7 @@ def main(args) -> int:
     rgb_log_ns = _write_drive(bag, frames, args, outages)
     generated = time.perf_counter()
 
+    from .data.synthetic.bag import LABELS_TOPIC
     from .node_config import NodeConfig
     from .replay import pictures
     from .replay.bagio import InputBag
@@ -79,10 +80,8 @@ def main(args) -> int:
     _summary(report)
     title = (f"{card.name}: {args.condition} drive, "
              + ", ".join(f"{d.modality} out {d.start_s:.1f}-{d.end_s:.1f} s" for d in drops))
-    sheet = recorder.contact_sheet(out / "demo_sheet.png", drops, title=title, truth=_truth(bag))
-    written = [sheet]
-    if not args.no_gif:
-        written.append(recorder.animation(out / "demo_drive.gif", tile=96))
+    truth = pictures.truth_from_bag(bag, LABELS_TOPIC)
+    written = pictures.write_pictures(recorder, out, drops, title, truth=truth, gif=not args.no_gif, prefix="demo_")
     done = time.perf_counter()
     print(f"\nbag: {bag}\nreport: {out / 'replay' / 'report.md'}\npictures: " + ", ".join(map(str, written)))
     print(f"time: {done - started:.1f} s (drive {generated - started:.1f} s, replay {replayed - generated:.1f} s, "
@@ -141,17 +140,6 @@ def _windows(outages, camera_log: List[int], start_ns: int):
         start_s, end_s = (first - start_ns) / 1e9 - half, (last - start_ns) / 1e9 + half
         windows.append(Drop(sensor, round(max(0.0, start_s), 2), round(end_s, 2)))  # 10 ms steps: readable labels
     return windows
-
-
-def _truth(bag: Path) -> Dict[int, "object"]:
-    """Ground-truth label images of the recorded frames, by stamp (for the contact sheet)."""
-    from .data.synthetic.bag import LABELS_TOPIC
-    from .replay.bagio import InputBag
-    from .replay.offline import decode_labels
-    from .sync import stamp_to_ns
-
-    with InputBag(bag) as recorded:
-        return {stamp_to_ns(m.header.stamp): decode_labels(m).copy() for _, _, m in recorded.messages([LABELS_TOPIC])}
 
 
 def _summary(report) -> None:

@@ -37,6 +37,9 @@ def configure(parser) -> None:
                         help="score at the camera's resolution (input, default) or at the model's input size "
                              "(model: as `mmseg eval` scores; outputs are then that size too)")
     parser.add_argument("--labels-topic", help="ground-truth label topic (default /gt/labels when the bag has it)")
+    parser.add_argument("--pictures", action="store_true",
+                        help="also draw sheet.png (camera | ground truth | labels | confidence | sensors used) and "
+                             "drive.gif into --out (offline)")
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                         help="segment_node parameter, e.g. sync.slop=0.05 or modalities=[rgb,lidar] (repeatable)")
     live = parser.add_argument_group("live mode (plays the bag over DDS into segment_node)")
@@ -78,9 +81,21 @@ def main(args) -> int:
             params=args.param, labels_topic=args.labels_topic, write_bag=not args.no_output_bag,
             progress=not args.no_progress, log=lambda text: print(text, file=sys.stderr))
     else:
+        recorder = None
+        if args.pictures:
+            from . import pictures
+
+            recorder = pictures.Recorder(config.card.class_set, config.modalities)
         report = replay_offline(
             args.bag, config, drops=drops, out=out, storage=args.storage, write_bag=not args.no_output_bag,
-            score_size=args.score_size, labels_topic=args.labels_topic, progress=not args.no_progress)
+            score_size=args.score_size, labels_topic=args.labels_topic, progress=not args.no_progress,
+            watch=recorder)
+        if recorder is not None:
+            labels_topic = report["bag"]["labels_topic"]
+            truth = pictures.truth_from_bag(args.bag, labels_topic) if labels_topic else None
+            title = f"{config.card.name}: {Path(args.bag).name}" + "".join(f", {d.label}" for d in drops)
+            for path in pictures.write_pictures(recorder, out, drops, title, truth=truth):
+                print(f"wrote {path}", file=sys.stderr)
     if not args.quiet:
         from .report import to_markdown
 

@@ -165,3 +165,22 @@ def _write_png(path, rgb: np.ndarray) -> Path:
         if not cv2.imwrite(str(tmp), np.ascontiguousarray(rgb[..., ::-1])):
             raise OSError(f"could not write {path}")
     return Path(path)
+
+
+def truth_from_bag(bag, topic: str) -> Dict[int, np.ndarray]:
+    """Ground-truth label images of a bag by stamp (for the contact sheet's ground-truth column)."""
+    from ..sync import stamp_to_ns
+    from .bagio import InputBag
+    from .offline import decode_labels
+
+    with InputBag(bag) as recorded:
+        return {stamp_to_ns(m.header.stamp): decode_labels(m).copy() for _, _, m in recorded.messages([topic])}
+
+
+def write_pictures(recorder: Recorder, out, drops: Sequence[Drop], title: str, truth=None, gif: bool = True,
+                   prefix: str = "") -> List[Path]:
+    """<out>/<prefix>sheet.png and, with gif, <out>/<prefix>drive.gif; returns the paths written."""
+    written = [recorder.contact_sheet(Path(out) / f"{prefix}sheet.png", drops, title=title, truth=truth)]
+    if gif:
+        written.append(recorder.animation(Path(out) / f"{prefix}drive.gif", tile=96))
+    return written
