@@ -86,8 +86,12 @@ def test_drop_window_removes_depth_exactly_there_and_outputs_follow_input_stamps
 
     root, _ = drive
     _, clean = replay(root / "drive_mcap", tmp_path / "clean", "--no-output-bag")
-    code, dropped = replay(root / "drive_mcap", tmp_path / "dropped", "--drop", "depth@1-2")
+    code, dropped = replay(root / "drive_mcap", tmp_path / "dropped", "--drop", "depth@1-2", "--pictures")
     assert code == 0
+    from PIL import Image
+
+    assert Image.open(tmp_path / "dropped" / "sheet.png").size[0] > 5 * 128  # with the ground-truth column
+    assert Image.open(tmp_path / "dropped" / "drive.gif").n_frames == FRAMES
     window = dropped["windows"][0]
     assert window["drop"] == "depth@1-2" and window["frames"] == 10
     assert window["used"]["depth"] == 0 and window["used"]["rgb"] == 10
