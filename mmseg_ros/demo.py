@@ -93,12 +93,19 @@ def _card(name: str):
     """The card to run; the tiny test card (with a note) while the named card's trained checkpoint is missing."""
     from . import cards
 
-    card = cards.load(name)
-    if card.checkpoint is not None and not Path(card.checkpoint).is_file():
-        print(f"mmseg demo: note: {card.name}'s checkpoint {card.checkpoint} is not there (not trained yet?); "
-              f"running the untrained {FALLBACK_CARD} instead, so the scores mean nothing", file=sys.stderr)
-        card = cards.load(FALLBACK_CARD)
-    return card
+    try:
+        card = cards.load(name)
+    except ConfigError as exc:
+        if name != "default":
+            raise
+        problem = f"the default model card is not there ({exc})"
+    else:
+        if card.checkpoint is None or Path(card.checkpoint).is_file():
+            return card
+        problem = f"{card.name}'s checkpoint {card.checkpoint} is not there (not trained yet?)"
+    print(f"mmseg demo: note: {problem}; running the untrained {FALLBACK_CARD} instead, so the scores mean nothing",
+          file=sys.stderr)
+    return cards.load(FALLBACK_CARD)
 
 
 def _outage_frames(frames: int) -> Dict[str, List[int]]:
