@@ -158,10 +158,12 @@ def _summary(report) -> None:
     if full:
         lines.append(f"mIoU with all sensors: {full['miou']:.1f} ({full['frames']} frames)")
     for window in report.get("windows", []):
+        during = f"while {window['modality']} is out ({window['start_s']:.1f}-{window['end_s']:.1f} s)"
+        if not window["frames"]:  # e.g. a camera outage shorter than sync.anchor_timeout: the node waited for it
+            lines.append(f"no frame was segmented {during}")
+            continue
         used = ", ".join(m for m, n in window["used"].items() if n)
-        miou = "-" if window["miou"] is None else f"{window['miou']:.1f}"
-        lines.append(f"mIoU while {window['modality']} is out ({window['start_s']:.1f}-{window['end_s']:.1f} s): "
-                     f"{miou} over {window['frames']} frames, sensors used: {used}")
+        lines.append(f"mIoU {during}: {window['miou']:.1f} over {window['frames']} frames, sensors used: {used}")
     print("\n".join(["Summary:"] + ["  " + line for line in lines]))
 
 
