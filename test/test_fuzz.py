@@ -8,6 +8,7 @@ sees the same cases each time; the example counts below sum to more than 10,000.
 """
 from __future__ import annotations
 
+import random
 import time
 from typing import List
 
@@ -79,10 +80,15 @@ def random_images(draw, ros: bool = False):
     return msg
 
 
+VALID_ENCODING = st.sampled_from(sorted({*msgs._NAMED_ENCODINGS, "8UC2", "16UC1", "32FC1", "64FC1", "16SC3"}))
+IMAGE_MUTATION = st.sampled_from(["none", "truncate", "extend", "height", "width", "step", "encoding", "huge"])
+HUGE_IMAGE = st.sampled_from([(2**16, 2**16), (2**31, 1), (1, 2**32 - 1)])
+
+
 @st.composite
 def mutated_images(draw, ros: bool = False):
     """A valid image (random encoding, size and padding) with one field then corrupted in a plausible way."""
-    encoding = draw(st.sampled_from(sorted({*msgs._NAMED_ENCODINGS, "8UC2", "16UC1", "32FC1", "64FC1", "16SC3"})))
+    encoding = draw(VALID_ENCODING)
     fmt = msgs.pixel_format(encoding)
     height, width = draw(st.integers(1, 6)), draw(st.integers(1, 6))
     shape = (height, width) if fmt.channels == 1 else (height, width, fmt.channels)
@@ -92,7 +98,7 @@ def mutated_images(draw, ros: bool = False):
     padding = draw(st.integers(0, 5))
     msg = msgs.numpy_to_image(pixels, encoding, step=width * fmt.bytes_per_pixel + padding,
                               is_bigendian=draw(st.booleans()), ros=ros)
-    kind = draw(st.sampled_from(["none", "truncate", "extend", "height", "width", "step", "encoding", "huge"]))
+    kind = draw(IMAGE_MUTATION)
     if kind == "truncate":
         msg.data = bytes(msg.data)[:draw(st.integers(0, max(0, len(msg.data) - 1)))]
     elif kind == "extend":
@@ -106,7 +112,7 @@ def mutated_images(draw, ros: bool = False):
     elif kind == "encoding":
         msg.encoding = draw(st.sampled_from(ENCODINGS))
     elif kind == "huge":  # gigapixels announced, a few bytes delivered
-        msg.height, msg.width = draw(st.sampled_from([(2**16, 2**16), (2**31, 1), (1, 2**32 - 1)]))
+        msg.height, msg.width = draw(HUGE_IMAGE)
         msg.step = msg.width * fmt.bytes_per_pixel if msg.width * fmt.bytes_per_pixel < 2**32 else 2**32 - 1
     return kind, pixels, msg
 
@@ -201,12 +207,18 @@ def random_clouds(draw, ros: bool = False):
     return msg
 
 
+COORDINATE = st.floats(-1e3, 1e3, width=32) | st.sampled_from([np.nan, np.inf])
+CLOUD_MUTATION = st.sampled_from(["none", "truncate", "point_step", "row_step", "offset", "overlap", "datatype",
+                                  "count", "huge", "empty", "far"])
+HUGE_CLOUD = st.sampled_from([(2**16, 2**16), (1, 2**32 - 1), (2**32 - 1, 2**32 - 1)])
+EMPTY_CLOUD = st.sampled_from([(0, 5), (3, 0), (0, 0)])
+
+
 @st.composite
 def mutated_clouds(draw, ros: bool = False):
     """A valid x, y, z (+ intensity) cloud, organised or not, with padding, then one field corrupted."""
     n_rows, n_cols = draw(st.integers(1, 3)), draw(st.integers(0, 6))
-    values = draw(st.lists(st.floats(-1e3, 1e3, width=32) | st.sampled_from([np.nan, np.inf]),
-                           min_size=n_rows * n_cols * 4, max_size=n_rows * n_cols * 4))
+    values = draw(st.lists(COORDINATE, min_size=n_rows * n_cols * 4, max_size=n_rows * n_cols * 4))
     dtype = np.dtype({"names": ["x", "y", "z", "intensity"], "formats": ["<f4"] * 4,
                       "offsets": [0, 4, 8, 16], "itemsize": 20 + draw(st.integers(0, 4))})
     points = np.zeros(n_rows * n_cols, dtype=dtype)
@@ -214,8 +226,7 @@ def mutated_clouds(draw, ros: bool = False):
         points[name] = np.asarray(values[i::4], dtype=np.float32)
     msg = msgs.numpy_to_pointcloud(points, height=n_rows, row_step=dtype.itemsize * n_cols + draw(st.integers(0, 7)),
                                    ros=ros)
-    kind = draw(st.sampled_from(["none", "truncate", "point_step", "row_step", "offset", "overlap", "datatype",
-                                 "count", "huge", "empty", "far"]))
+    kind = draw(CLOUD_MUTATION)
     if kind == "far" and points.size:  # finite coordinates whose range overflows float32, inside the image
         far = points.copy()
         far[0]["x"], far[0]["y"], far[0]["z"] = (np.float32(c * draw(FAR)) for c in (0.5, 0.5, 1.0))
@@ -239,9 +250,9 @@ def mutated_clouds(draw, ros: bool = False):
             pf.count = draw(st.integers(0, 8))
         msg.fields = fields
     elif kind == "huge":
-        msg.height, msg.width = draw(st.sampled_from([(2**16, 2**16), (1, 2**32 - 1), (2**32 - 1, 2**32 - 1)]))
+        msg.height, msg.width = draw(HUGE_CLOUD)
     elif kind == "empty":
-        msg.height, msg.width, msg.data = draw(st.sampled_from([(0, 5), (3, 0), (0, 0)])) + (b"",)
+        msg.height, msg.width, msg.data = draw(EMPTY_CLOUD) + (b"",)
     return kind, points, msg
 
 
@@ -396,40 +407,47 @@ NAMES = ("rgb", "depth", "event", "lidar")
 MS = 1_000_000
 
 
+INPUT_SETS = st.lists(st.sampled_from(NAMES), min_size=1, max_size=4, unique=True)
+SLOP_MS, WAIT_MS, TIMEOUT_MS, JUMP_MS = st.integers(0, 80), st.integers(0, 200), st.integers(1, 600), \
+    st.integers(1, 2000)
+MIN_INPUTS, BUFFER, OPS = st.integers(1, 4), st.integers(2, 8), st.integers(1, 60)
+SEED = st.integers(0, 2**32 - 1)
+P_BACK, P_JUMP, P_ODD = st.sampled_from([0.0, 0.05, 0.3]), st.sampled_from([0.0, 0.02, 0.1]), \
+    st.sampled_from([0.0, 0.02])
+
+
 @st.composite
 def sync_runs(draw):
     """A configuration and a sequence of adds / polls / resets: jittered and reordered stamps, duplicates,
     stamp jumps both ways, arrival clocks going backwards, unknown input names and bad stamp types. Hypothesis draws
     the configuration and how the sequence misbehaves; the sequence itself comes from a seeded generator (drawing
     every step through hypothesis costs ten times more than the synchronizer)."""
-    used = draw(st.lists(st.sampled_from(NAMES), min_size=1, max_size=4, unique=True))
-    config = SyncConfig(tuple(used), slop_ns=draw(st.integers(0, 80)) * MS,
-                        max_wait_ns=draw(st.integers(0, 200)) * MS, silence_timeout_ns=draw(st.integers(1, 600)) * MS,
-                        min_modalities=draw(st.integers(1, len(used))),
-                        buffer_size=draw(st.integers(2, 8)), jump_threshold_ns=draw(st.integers(1, 2000)) * MS)
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    p_back, p_jump, p_odd = draw(st.sampled_from([0.0, 0.05, 0.3])), draw(st.sampled_from([0.0, 0.02, 0.1])), \
-        draw(st.sampled_from([0.0, 0.02]))
+    used = draw(INPUT_SETS)
+    config = SyncConfig(tuple(used), slop_ns=draw(SLOP_MS) * MS, max_wait_ns=draw(WAIT_MS) * MS,
+                        silence_timeout_ns=draw(TIMEOUT_MS) * MS, min_modalities=min(draw(MIN_INPUTS), len(used)),
+                        buffer_size=draw(BUFFER), jump_threshold_ns=draw(JUMP_MS) * MS)
+    rng = random.Random(draw(SEED))
+    p_back, p_jump, p_odd = draw(P_BACK), draw(P_JUMP), draw(P_ODD)
     ops = []
-    stamp, now = int(rng.integers(0, 10**12)), int(rng.integers(0, 10**12))
-    for _ in range(draw(st.integers(1, 60))):
+    stamp, now = rng.randrange(10**12), rng.randrange(10**12)
+    for _ in range(draw(OPS)):
         r = rng.random()
-        now += int(rng.integers(-50, 0) if rng.random() < p_back else rng.integers(0, 120)) * MS
+        now += (rng.randint(-50, 0) if rng.random() < p_back else rng.randint(0, 120)) * MS
         if rng.random() < p_jump:
-            now += int(rng.choice([-5000, 3000])) * MS
+            now += rng.choice([-5000, 3000]) * MS
         if r < 0.05:
             ops.append(("poll", None, None, now))
         elif r < 0.05 + p_jump:
             ops.append(("reset", None, None, now))
         elif r < 0.05 + p_jump + p_odd:
-            odd = [stamp, float(stamp), None, np.int64(stamp), -stamp, 2**70, "1"][int(rng.integers(0, 7))]
-            ops.append(("add", str(rng.choice([*used, "nir", ""])), odd, now))
+            odd = rng.choice([stamp, float(stamp), None, np.int64(stamp), -stamp, 2**70, "1"])
+            ops.append(("add", rng.choice([*used, "nir", ""]), odd, now))
         else:
-            stamp += int(rng.integers(-80, 0) if rng.random() < p_back else rng.integers(0, 60)) * MS
+            stamp += (rng.randint(-80, 0) if rng.random() < p_back else rng.randint(0, 60)) * MS
             if rng.random() < p_jump:
-                stamp += int(rng.choice([-3000, 5000])) * MS
-            jitter = int(rng.choice([0, rng.integers(-30, 30)])) * MS  # 0: equal stamps, duplicates included
-            ops.append(("add", str(rng.choice(used)), stamp + jitter, now))
+                stamp += rng.choice([-3000, 5000]) * MS
+            jitter = rng.choice([0, rng.randint(-30, 30)]) * MS  # 0: equal stamps, duplicates included
+            ops.append(("add", rng.choice(used), stamp + jitter, now))
     return config, ops
 
 
