@@ -1,11 +1,9 @@
 """`mmseg replay`: generated drive bags (real rosbag2 files, mcap and sqlite3) through the node's synchronizer and a
 real tiny MLE-SAM; scores against `mmseg eval` on the same rendered frames; drop-out windows; clear failures."""
 import json
-import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest

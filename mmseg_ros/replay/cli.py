@@ -4,9 +4,10 @@
                      [--score-size input|model] [--param sync.slop=0.05 ...] [--labels-topic /gt/labels]
 
 Offline (default): messages in bag-time order, deterministic, as fast as the model runs. --live [--rate F]
-[--node-running]: plays the bag over DDS into segment_node and scores what it publishes (replay/live.py). Writes to --out (default
-out/replay/<bag name>): `report.json`, `report.md` and the output bag `segmented/` with segment_node's `labels`,
-`confidence` and `color` topics on the input stamps (log time = the anchor's log time). Prints the Markdown report.
+[--node-running]: plays the bag over DDS into segment_node and scores what it publishes (replay/live.py).
+Writes to --out (default out/replay/<bag name>): `report.json`, `report.md` and the output bag `segmented/` with
+segment_node's `labels`, `confidence` and `color` topics on the input stamps (log time = the anchor's log time).
+Prints the Markdown report.
 """
 from __future__ import annotations
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import array
 import bisect
+import contextlib
 import signal
 import subprocess
 import sys
@@ -55,19 +56,24 @@ def replay_live(bag_path, config: NodeConfig, *, drops: Sequence[Drop] = (), out
     with InputBag(bag_path) as bag:
         topics, labels_topic = bag_topics(bag, config, labels_topic)
         node = None if node_running else _start_node(config, params, out, log)
+        output = None
+        if write_bag and out is not None:
+            storage = bag.storage if bag.storage in ("mcap", "sqlite3") else "mcap"
+            output = OutputBag(Path(out) / OUTPUT_BAG, storage, OUTPUT_TOPICS.values(), custom_data={
+                "mmseg.replay_of": str(bag.path), "mmseg.mode": "live", "mmseg.card": config.card.name})
         try:
-            with _Peer(topics) as peer:
+            with _Peer(topics) as peer, (output if output is not None else contextlib.nullcontext()):
                 peer.wait_ready(node, START_TIMEOUT_S)
                 scorer = Scorer(config.card.num_classes, config.modalities, drops,
                                 condition=bag.custom_data.get("mmseg.condition"), slop_ns=int(config.slop * 1e9))
-                scoring = _OutputScoring(peer, scorer, bag.start_ns)
-                played = _play(bag, peer, topics, labels_topic, drops, rate, scoring, progress)
-                peer.wait_quiet(played["anchor_stamps"], QUIET_S)
-                scoring.drain()
+                outputs = _Outputs(peer, scorer, bag.start_ns, output)
+                played = _play(bag, peer, topics, labels_topic, drops, rate, outputs, progress)
+                peer.wait_quiet(max(played["anchor_stamps"], default=None), QUIET_S)
+                outputs.drain()
         finally:
             if node is not None:
                 _stop(node)
-        doc = _score_and_report(bag, config, topics, labels_topic, drops, rate, scorer, played, peer, out, write_bag)
+        doc = _report(bag, config, topics, labels_topic, drops, rate, scorer, played, outputs, output)
     if out is not None:
         save_json(doc, Path(out) / REPORT_JSON)
         with atomic_open(Path(out) / REPORT_MD, "w") as f:
@@ -131,8 +137,9 @@ class _Peer:
         reliable = QoSProfile(depth=PUBLISH_DEPTH, reliability=ReliabilityPolicy.RELIABLE)
         self.publishers = {m: self.node.create_publisher(Image, t, reliable) for m, t in topics.items()}
         self.lock = threading.Lock()
-        self.outputs: Dict[str, List] = {kind: [] for kind in OUTPUT_TOPICS}  # (arrival ns, message)
+        self.outputs: Dict[str, List] = {kind: [] for kind in OUTPUT_TOPICS}  # (arrival ns, message), not yet taken
         self.last_output = time.monotonic()
+        self.newest_labels_ns: Optional[int] = None
         for kind, topic in OUTPUT_TOPICS.items():
             self.node.create_subscription(Image, topic, lambda msg, kind=kind: self._record(kind, msg),
                                           QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
@@ -153,6 +160,15 @@ class _Peer:
         with self.lock:
             self.outputs[kind].append((time.time_ns(), msg))
             self.last_output = time.monotonic()
+            if kind == "labels":
+                stamp = stamp_to_ns(msg.header.stamp)
+                self.newest_labels_ns = max(stamp, self.newest_labels_ns or stamp)
+
+    def take(self) -> Dict[str, List]:
+        """The outputs received since the last call."""
+        with self.lock:
+            taken, self.outputs = self.outputs, {kind: [] for kind in OUTPUT_TOPICS}
+        return taken
 
     def wait_ready(self, proc: Optional[subprocess.Popen], timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -167,13 +183,11 @@ class _Peer:
         where = f"; its log:\n{_tail(proc.log_path)}" if proc is not None else " (is it running, same ROS_DOMAIN_ID?)"
         raise DataError(f"{NODE_NAME} was not ready (active, subscribed to every input) within {timeout:g} s{where}")
 
-    def wait_quiet(self, anchor_stamps: set, quiet_s: float) -> None:
+    def wait_quiet(self, newest_anchor: Optional[int], quiet_s: float) -> None:
         """Until the newest camera frame has its output, or nothing came for quiet_s."""
-        newest = max(anchor_stamps, default=None)
         while True:
             with self.lock:
-                done = newest is not None and any(stamp_to_ns(m.header.stamp) >= newest
-                                                  for _, m in self.outputs["labels"][-3:])
+                done = newest_anchor is not None and (self.newest_labels_ns or 0) >= newest_anchor
                 idle = time.monotonic() - self.last_output
             if done or idle > quiet_s:
                 time.sleep(0.2)  # the confidence and color messages of that frame follow its labels
@@ -195,29 +209,32 @@ def _to_ros_image(msg):
     return image
 
 
-class _OutputScoring:
-    """Scores the node's label outputs as they come in, while the ground truth of their time is still held."""
+class _Outputs:
+    """The node's outputs as they come in: labels scored while the ground truth of their time is still held, all of
+    them written to the output bag (log time = arrival), nothing kept beyond the stamps."""
 
-    def __init__(self, peer: _Peer, scorer: Scorer, start_ns: int):
-        self.peer, self.scorer, self.start_ns = peer, scorer, start_ns
+    def __init__(self, peer: _Peer, scorer: Scorer, start_ns: int, output: Optional[OutputBag]):
+        self.peer, self.scorer, self.start_ns, self.output = peer, scorer, start_ns, output
         self.log_of_stamp: Dict[int, int] = {}  # input stamp -> log time: places outputs in the drop-out windows
-        self.done = 0
+        self.label_stamps: List[int] = []
 
     def drain(self) -> None:
-        with self.peer.lock:
-            new = self.peer.outputs["labels"][self.done:]
-        for _, msg in new:
+        taken = self.peer.take()
+        for _, msg in taken["labels"]:
             stamp = stamp_to_ns(msg.header.stamp)
             log_ns = self.log_of_stamp.get(stamp, stamp)
             self.scorer.add_frame(Frame(
-                index=self.done, stamp_ns=stamp, log_ns=log_ns, time_s=(log_ns - self.start_ns) / 1e9, anchor="",
-                used=None, missing={}, timing={}, header=msg.header, labels=np.array(msgs.image_to_numpy(msg)),
-                confidence=None))
-            self.done += 1
+                index=len(self.label_stamps), stamp_ns=stamp, log_ns=log_ns, time_s=(log_ns - self.start_ns) / 1e9,
+                anchor="", used=None, missing={}, timing={}, header=msg.header,
+                labels=np.array(msgs.image_to_numpy(msg)), confidence=None))
+            self.label_stamps.append(stamp)
+        if self.output is not None:
+            records = [(arrival, kind, m) for kind, items in taken.items() for arrival, m in items]
+            for arrival, kind, m in sorted(records, key=lambda r: r[0]):
+                self.output.write(OUTPUT_TOPICS[kind], arrival, m)
 
 
-def _play(bag: InputBag, peer: _Peer, topics, labels_topic, drops, rate, scoring: _OutputScoring,
-          progress) -> Dict:
+def _play(bag: InputBag, peer: _Peer, topics, labels_topic, drops, rate, outputs: _Outputs, progress) -> Dict:
     """Publish the inputs on their recorded schedule; ground truth goes straight to the scorer, outputs as they
     come back."""
     from tqdm import tqdm
@@ -226,7 +243,7 @@ def _play(bag: InputBag, peer: _Peer, topics, labels_topic, drops, rate, scoring
     read = list(topics.values()) + ([labels_topic] if labels_topic else [])
     sent = {m: 0 for m in topics}
     dropped = {m: 0 for m in topics}
-    log_of_stamp = scoring.log_of_stamp
+    log_of_stamp = outputs.log_of_stamp
     anchor_stamps = set()
     late_ms: List[float] = []
     begin = time.monotonic()
@@ -235,8 +252,8 @@ def _play(bag: InputBag, peer: _Peer, topics, labels_topic, drops, rate, scoring
         for topic, log_ns, msg in bag.messages(read):
             bar.update(1)
             if topic == labels_topic:
-                scoring.scorer.add_truth(stamp_to_ns(msg.header.stamp), decode_labels(msg))
-                scoring.drain()
+                outputs.scorer.add_truth(stamp_to_ns(msg.header.stamp), decode_labels(msg))
+                outputs.drain()
                 continue
             modality = modality_of[topic]
             seconds = (log_ns - bag.start_ns) / 1e9
@@ -266,18 +283,9 @@ def _answered(anchors: List[int], outputs: List[int], slop_ns: int) -> int:
     return count
 
 
-def _score_and_report(bag, config, topics, labels_topic, drops, rate, scorer: Scorer, played, peer: _Peer, out,
-                      write_bag: bool) -> Dict:
-    with peer.lock:
-        outputs = {kind: list(items) for kind, items in peer.outputs.items()}
-    answered = {stamp_to_ns(m.header.stamp) for _, m in outputs["labels"]}
-    if write_bag and out is not None:
-        with OutputBag(Path(out) / OUTPUT_BAG, bag.storage if bag.storage in ("mcap", "sqlite3") else "mcap",
-                       OUTPUT_TOPICS.values(), custom_data={"mmseg.replay_of": str(bag.path), "mmseg.mode": "live",
-                                                            "mmseg.card": config.card.name}) as output:
-            records = [(arrival, kind, m) for kind, items in outputs.items() for arrival, m in items]
-            for arrival, kind, m in sorted(records, key=lambda r: r[0]):  # log time = arrival here
-                output.write(OUTPUT_TOPICS[kind], arrival, m)
+def _report(bag, config, topics, labels_topic, drops, rate, scorer: Scorer, played, outputs: _Outputs,
+            output: Optional[OutputBag]) -> Dict:
+    answered = set(outputs.label_stamps)
     anchors = sorted(played["anchor_stamps"])
     # A camera frame is answered by an output stamped within slop of it: at a cold start the node may anchor the
     # first instant on an input that arrived before the camera (its synchronizer has been waiting since activation).
@@ -293,7 +301,7 @@ def _score_and_report(bag, config, topics, labels_topic, drops, rate, scorer: Sc
                 "topics": topics, "labels_topic": labels_topic},
         "settings": {"score_size": "input", "drops": [d.label for d in drops], "rate": rate},
         "classes": list(config.card.class_names),
-        "frames": {"anchor_messages": len(anchors), "processed": len(outputs["labels"]), "scored": scorer.scored,
+        "frames": {"anchor_messages": len(anchors), "processed": len(outputs.label_stamps), "scored": scorer.scored,
                    "unscored": scorer.unscored, "labels": scorer.labels_seen,
                    "answered": answered_anchors, "unanswered": len(anchors) - answered_anchors},
         "inputs": {m: {"topic": topics[m], "messages": played["sent"][m] + played["dropped"][m],
@@ -302,6 +310,9 @@ def _score_and_report(bag, config, topics, labels_topic, drops, rate, scorer: Sc
     doc.update(report_lib.scores_section(scorer, config.card.class_names))
     doc.update(report_lib.windows_section(scorer))
     doc["latency_ms"] = {"publish_late": report_lib.latency_entry(played["late_ms"])}
-    doc["speed"] = {"wall_s": played["wall_s"], "frames_per_s": len(outputs["labels"]) / max(played["wall_s"], 1e-9),
-                    "realtime_factor": duration / max(played["wall_s"], 1e-9)}
+    wall = max(played["wall_s"], 1e-9)
+    doc["speed"] = {"wall_s": played["wall_s"], "frames_per_s": len(outputs.label_stamps) / wall,
+                    "realtime_factor": duration / wall}
+    if output is not None:
+        doc["output_bag"] = {"path": str(output.path), "storage": output.storage, "counts": dict(output.counts)}
     return doc

@@ -59,8 +59,8 @@ class Recorder:
         confidence = cv2.resize(confidence, size, interpolation=cv2.INTER_AREA)
         overlay = labels if CAMERA not in frame.used else \
             (0.55 * labels + 0.45 * camera.astype(np.float32)).astype(np.uint8)
-        self.frames.append(Tiles(frame.stamp_ns, frame.time_s, frame.anchor, frame.used, camera, labels, overlay, confidence,
-                                 self._sensors(frame)))
+        self.frames.append(Tiles(frame.stamp_ns, frame.time_s, frame.anchor, frame.used, camera, labels, overlay,
+                                 confidence, self._sensors(frame)))
 
     def _sensors(self, frame: Frame) -> np.ndarray:
         """One bar per modality: green when the engine received it, red when not."""

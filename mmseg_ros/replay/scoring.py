@@ -32,8 +32,8 @@ class WindowCount:
 
 class Scorer:
     def __init__(self, num_classes: int, modalities: Sequence[str], drops: Sequence[Drop] = (),
-                 condition: Optional[str] = None, slop_ns: int = 50_000_000, score_size: Optional[Tuple[int, int]] = None,
-                 keep_s: float = 5.0):
+                 condition: Optional[str] = None, slop_ns: int = 50_000_000,
+                 score_size: Optional[Tuple[int, int]] = None, keep_s: float = 5.0):
         self.num_classes = num_classes
         self.modalities = tuple(modalities)
         self.drops = tuple(drops)
