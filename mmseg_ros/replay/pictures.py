@@ -182,5 +182,5 @@ def write_pictures(recorder: Recorder, out, drops: Sequence[Drop], title: str, t
     """<out>/<prefix>sheet.png and, with gif, <out>/<prefix>drive.gif; returns the paths written."""
     written = [recorder.contact_sheet(Path(out) / f"{prefix}sheet.png", drops, title=title, truth=truth)]
     if gif:
-        written.append(recorder.animation(Path(out) / f"{prefix}drive.gif", tile=96))
+        written.append(recorder.animation(Path(out) / f"{prefix}drive.gif"))
     return written
