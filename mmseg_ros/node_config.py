@@ -54,7 +54,7 @@ class Param:
 
 
 PARAMETERS: Tuple[Param, ...] = (
-    Param("model.card", STRING, "mle_sam_hiera_t",
+    Param("model.card", STRING, "default",
           "model card: a name in the package's models/ folder or a path to a card YAML"),
     Param("model.checkpoint", STRING, "", "project checkpoint file; empty = the one the card names (if any)"),
     Param("model.device", STRING, "auto", "auto (CUDA when available) | cpu | cuda | cuda:N", choices=DEVICES),
