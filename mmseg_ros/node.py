@@ -484,11 +484,8 @@ class SegmentPipeline:
         self._router = node_core.router_summary(result.router_weights)
 
     def _project(self, points: np.ndarray) -> np.ndarray:
-        camera = self._camera  # the newest CameraInfo: clouds may arrive before the first one
-        if camera is None:
-            raise MessageError(f"{LIDAR}: no CameraInfo received on {node_config.camera_info_topic()}; cannot "
-                               "project the points")
-        return msgs.project_points(msgs.pointcloud_xyz(points), camera, self.config.lidar_extrinsic)
+        return node_core.lidar_image(points, self._camera, self.config.lidar_extrinsic,
+                                     node_config.camera_info_topic())
 
     # -- diagnostics (executor thread) ----------------------------------------------------------------------------
 

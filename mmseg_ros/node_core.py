@@ -42,6 +42,20 @@ def decode_input(modality: str, msg) -> np.ndarray:
     return image
 
 
+# A LiDAR image is the camera z-depth of each return (what the synthetic rig, `mmseg sensors` and the shipped models
+# use, so it compares 1:1 with the depth camera), not the range along the beam.
+LIDAR_IMAGE_VALUE = "depth"
+
+
+def lidar_image(points: np.ndarray, camera: Optional["msgs.Camera"], extrinsic: np.ndarray, source: str) -> np.ndarray:
+    """A decoded PointCloud2 -> the LiDAR image the model takes, projected into the newest camera. The node and
+    the offline replay both call this, so a cloud becomes the same image in both. `source` names the CameraInfo
+    topic for the error when none has arrived yet (clouds may come first)."""
+    if camera is None:
+        raise MessageError(f"lidar: no CameraInfo received on {source} yet; cannot project the points")
+    return msgs.project_points(msgs.pointcloud_xyz(points), camera, extrinsic, value=LIDAR_IMAGE_VALUE)
+
+
 def valid_returns(image: np.ndarray) -> bool:
     """Whether a metric float image has at least one finite positive pixel."""
     with np.errstate(invalid="ignore"):  # NaN compares False: no return

@@ -169,9 +169,7 @@ class OfflineReplay:
             self._process_all(self.sync.poll(self._last_ns + self.sync.config.max_wait_ns + 1))
 
     def _project(self, points: np.ndarray) -> np.ndarray:
-        if self._camera is None:  # as in the node: clouds may come before the first CameraInfo
-            raise MessageError(f"{LIDAR}: no CameraInfo received yet; cannot project the points")
-        return msgs.project_points(msgs.pointcloud_xyz(points), self._camera, self.config.lidar_extrinsic)
+        return node_core.lidar_image(points, self._camera, self.config.lidar_extrinsic, "the bag's camera_info")
 
     def _reject(self, modality: str, reason: str, log_ns: int) -> None:
         self.counters.rejected[modality] += 1
