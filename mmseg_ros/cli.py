@@ -57,6 +57,9 @@ def main(argv=None) -> int:
     except MMSegError as exc:
         print(f"mmseg {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # disk full, permissions, missing files: the machine's problem, said in one line
+        print(f"mmseg {args.command}: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

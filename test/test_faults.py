@@ -411,3 +411,14 @@ def test_disk_full_while_writing_the_replay_output_bag(tmp_path, storage, leave)
         assert getattr(err.value, "errno", None) == errno.ENOSPC or "disk is full" in str(err.value), repr(err.value)
         assert_only(disk, ["segmented", "filler"])
         assert {p.relative_to(disk): p.read_bytes() for p in (disk / "segmented").rglob("*") if p.is_file()} == previous
+
+
+def test_cli_reports_an_os_error_in_one_line_without_traceback(tmp_path):
+    # A command that fails on the machine (here: its output folder is a file) says so in one line, exit 1.
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("x")
+    proc = subprocess.run([sys.executable, "-m", "mmseg_ros.cli", "synth", "--out", str(blocker / "tree"),
+                           "--frames", "1", "--size", "32"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("mmseg synth: error:"), proc.stderr
