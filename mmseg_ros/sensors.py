@@ -54,6 +54,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from . import modalities
+from .data.synthetic.bag import ENCODINGS  # the wire encodings: one table for bags and live topics
 from .errors import ConfigError
 
 ALL = "all"
@@ -61,8 +62,6 @@ BAD_ENCODING = "mmseg_unknown"
 BAD_KINDS = ("encoding", "truncated", "size", "nan", "stamp")
 QOS_CHOICES = ("sensor_data", "reliable")
 QUEUE_DEPTH = 5
-# Sensor image encodings on the wire, as the rosbag2 writer stores them (mmseg_ros.data.synthetic.bag).
-ENCODINGS = {"rgb": "rgb8", "depth": "32FC1", "event": "rgb8", "lidar": "32FC1", "labels": "mono8"}
 METRIC = ("depth", "lidar")  # float metres; `nan` applies to these
 STATUS_PERIOD_S = 1.0
 STAMP_BACKWARDS_NS = 1_000_000_000

@@ -35,6 +35,9 @@ LABELS_TOPIC = "/gt/labels"
 # Transport latency per sensor (s): log time = header stamp + latency.
 LATENCY_S = {"rgb": 0.004, "depth": 0.006, "event": 0.002, "lidar": 0.012}
 _POINT_FIELDS = ("x", "y", "z", "intensity")
+# Image encoding of each stream on the wire; the live publisher (mmseg sensors) sends the same, so a model trained on
+# the tree runs on bags and live data alike.
+ENCODINGS = {"rgb": "rgb8", "depth": "32FC1", "event": "rgb8", "lidar": "32FC1", "labels": "mono8"}
 
 
 def topic(modality: str) -> str:
@@ -170,22 +173,25 @@ def _frame_records(frame: dict, msgs: _Messages, dropped: set, points: bool):
     def add(sensor, key, stamp, data):
         out.append((stamp + int(LATENCY_S[sensor] * 1e9), len(out), key, data))
 
+    def image(sensor, key, array):  # an image stream stamped and encoded as its key says, framed as its sensor
+        add(sensor, key, stamps[key], msgs.image(array, ENCODINGS[key], stamps[key], ids[sensor]))
+
     if "rgb" not in dropped:
         rgb = frame["rgb"]
-        add("rgb", "rgb", stamps["rgb"], msgs.image(rgb, "rgb8", stamps["rgb"], ids["rgb"]))
+        image("rgb", "rgb", rgb)
         add("rgb", "camera_info", stamps["rgb"],
             msgs.camera_info(meta["intrinsics"], rgb.shape[1], rgb.shape[0], stamps["rgb"], ids["rgb"]))
-    add("rgb", "labels", stamps["labels"], msgs.image(frame["labels"], "mono8", stamps["labels"], ids["rgb"]))
+    image("rgb", "labels", frame["labels"])
     if "depth" not in dropped:
-        add("depth", "depth", stamps["depth"], msgs.image(metres(frame["depth"]), "32FC1", stamps["depth"], ids["depth"]))
+        image("depth", "depth", metres(frame["depth"]))
     if "lidar" not in dropped:
-        add("lidar", "lidar", stamps["lidar"], msgs.image(metres(frame["lidar"]), "32FC1", stamps["lidar"], ids["lidar"]))
+        image("lidar", "lidar", metres(frame["lidar"]))
         if points:
             add("lidar", "points", stamps["lidar"], msgs.points(frame["lidar_points"], stamps["lidar"], ids["lidar_points"]))
     if "event" not in dropped:
         events = frame.get("events") or [(meta["time"], frame["event"])]
         for stamp, (_, image) in zip(stamps["event"][-len(events):], events):
-            add("event", "event", stamp, msgs.image(image, "rgb8", stamp, ids["event"]))
+            add("event", "event", stamp, msgs.image(image, ENCODINGS["event"], stamp, ids["event"]))
     return out
 
 
