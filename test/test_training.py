@@ -369,6 +369,32 @@ def test_resume_refuses_other_frozen_weights_and_foreign_files(tmp_path, straigh
         run.run(config.load(recipe_path), run_dir, device="cpu")
 
 
+def test_init_from_starts_a_new_run_from_a_project_checkpoint(tmp_path, straight_run, one_thread):
+    from mmseg_ros.nn.checkpoint import read_checkpoint
+    from mmseg_ros.training import run
+
+    recipe_path, run_dir = straight_run
+    trained = read_checkpoint(run_dir / "final.pt")["state"]
+    # lr 1e-12: AdamW moves each weight by about lr per step, so the weights stay where they started
+    recipe = config.load(recipe_path, [f"init_from={run_dir / 'final.pt'}", "schedule.epochs=1",
+                                       "schedule.warmup_epochs=0", "optimizer.lr=1e-12", "data.val_split=null"])
+    model, progress = run.run(recipe, tmp_path / "fine", device="cpu")
+    assert progress.iteration == 4  # a fresh schedule, not the checkpoint's
+    state = model.state_dict()
+    assert trained.keys() <= state.keys()
+    lora = [n for n, t in trained.items() if "lora" in n and t.abs().sum() > 0]
+    assert lora  # the trained LoRA B are non-zero; a fresh model's are zero, so equality means the load happened
+    for name, tensor in trained.items():
+        assert torch.allclose(state[name], tensor, atol=1e-8), name
+
+    other = config.load(recipe_path, ["model=test_tiny_memory_sam", f"init_from={run_dir / 'final.pt'}"])
+    with pytest.raises(CheckpointError, match="architecture"):
+        run.run(other, tmp_path / "other", device="cpu")
+    missing = config.load(recipe_path, [f"init_from={tmp_path / 'nope.pt'}"])
+    with pytest.raises(ConfigError, match="init_from: file not found"):
+        run.run(missing, tmp_path / "missing", device="cpu")
+
+
 def test_memory_sam_resumes_exactly_from_an_epoch_checkpoint(tmp_path, one_thread):
     """MemorySAM carries trained buffers (SPMM's global prototypes): they must come back too."""
     from mmseg_ros.training import run

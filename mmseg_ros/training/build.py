@@ -70,6 +70,19 @@ def build_model(card: cards.ModelCard, seed: int, device: torch.device) -> torch
     return model.to(device)
 
 
+def init_weights(model: torch.nn.Module, checkpoint: str) -> None:
+    """Start from a project checkpoint's trained tensors (recipe `init_from`); it must fit the recipe's card."""
+    from ..nn.checkpoint import load_trained_state
+
+    try:
+        path = resolve(checkpoint, "models")
+    except ConfigError as exc:
+        raise ConfigError(f"init_from: {exc}") from None
+    if not path.is_file():
+        raise ConfigError(f"init_from: {path} is not a checkpoint file")
+    load_trained_state(model, path)
+
+
 def build_datasets(recipe: Recipe, card: cards.ModelCard) -> Tuple[object, Optional[object]]:
     """(train set, validation set or None) with the card's input size and normalisation."""
     from ..data import transforms

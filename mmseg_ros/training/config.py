@@ -88,6 +88,10 @@ class Recipe:
     schedule: ScheduleConfig
     train: TrainConfig
     seed: int = 0
+    # A project checkpoint (what `mmseg train` exports, e.g. models/mle_sam_synth.pt) whose trained tensors start
+    # this run: fine-tuning a shipped model on your own sensors. Only the weights; the optimiser and schedule start
+    # fresh. Ignored on --resume, which restores the run's own state. Relative paths: working directory, then models/.
+    init_from: Optional[str] = None
     val: ValConfig = field(default_factory=ValConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)

@@ -37,6 +37,8 @@ def run(recipe: Recipe, out_dir, resume=None, device: str = "auto",
     card = build.load_card(recipe)
     train_set, val_set = build.build_datasets(recipe, card)  # before the model: a wrong data root fails at once
     model = build.build_model(card, recipe.seed, ctx.device)
+    if recipe.init_from is not None and resume_from is None:
+        build.init_weights(model, recipe.init_from)
     _seed(recipe.seed + ctx.rank)  # training randomness (dropout) differs per process, repeats per seed
     trainer = Trainer(recipe, model, train_set, val_set, build.collate(card), out_dir, ctx, card.class_names,
                       resume_from=resume_from, export=_exporter())
