@@ -19,6 +19,7 @@ COMMANDS = {
     "info": ("mmseg_ros.nn.info", "print a model card's parameters per component"),
     "train": ("mmseg_ros.training.cli", "train a model from a recipe in train/"),
     "eval": ("mmseg_ros.evaluation.cli", "evaluate a checkpoint on a dataset (paper-style tables)"),
+    "compare": ("mmseg_ros.evaluation.compare", "print several `mmseg eval` results side by side"),
     "replay": ("mmseg_ros.replay.cli", "replay a rosbag2 through the model and score it"),
     "node": ("mmseg_ros.node", "run the segment node (same as segment_node)"),
     "sensors": ("mmseg_ros.sensors", "publish synthetic sensor topics live over DDS"),

@@ -564,3 +564,47 @@ def test_eval_cli_rejects_bad_arguments_by_name(capsys):
         _size([50], (64, 64))
     assert cli.main(["eval", "--card", "test_tiny_mle_sam", "--data", "x"]) == 1  # the card names no checkpoint
     assert "--checkpoint is required" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------------ compare
+def _shipped_reports():
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parent.parent / "models" / "eval"
+    paths = sorted(p for p in folder.glob("*.json") if p.name != "regression.json")
+    assert len(paths) >= 2, paths
+    return paths, [json.loads(p.read_text()) for p in paths]
+
+
+def test_fusion_rows_are_the_full_set_minus_the_best_single_modality():
+    from mmseg_ros.evaluation import compare
+
+    _, reports = _shipped_reports()
+    for report in reports:
+        cross = report["subset_conditions"]
+        singles = [code for code, e in report["subsets"].items() if len(e["modalities"]) == 1]
+        assert len(singles) == len(report["model"]["modalities"])
+        rows = compare.fusion_rows(report, ["night", "fog"])
+        assert [r["condition"] for r in rows] == ["night", "fog"]
+        for row in rows:
+            best = max(cross[c][row["condition"]] for c in singles)
+            assert row["best_miou"] == best and cross[row["best"]][row["condition"]] == best
+            assert row["gain"] == pytest.approx(cross[report["full"]["subset"]][row["condition"]] - best)
+
+
+def test_mmseg_compare_prints_one_column_per_report(capsys, tmp_path):
+    from mmseg_ros import cli
+
+    paths, reports = _shipped_reports()
+    assert cli.main(["compare", *map(str, paths), "--fusion-conditions", "night"]) == 0
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if line.startswith("| subset |"))
+    assert [c.strip() for c in header.strip("|").split("|")][1:] == [r["model"]["name"] for r in reports]
+    ratio = next(line for line in out.splitlines() if "mean / full" in line)
+    assert [float(c) for c in ratio.strip("|").split("|")[1:]] == \
+        [round(r["subsets_mean"]["ratio_to_full"], 2) for r in reports]
+    assert "| fog |" not in out.split("Fusion vs")[1].split("###")[0]  # only the asked condition
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    assert cli.main(["compare", str(bad)]) == 1
+    assert "not a results.json" in capsys.readouterr().err
