@@ -217,6 +217,24 @@ def test_loss_is_the_weighted_sum_of_both_paths(model):
     assert parts == pytest.approx({"ohem_decoder": float(s0), "ohem_aux": float(s1)})
 
 
+@pytest.mark.parametrize("path", ["decoder", "aux"])
+def test_output_option_picks_one_path_and_skips_the_other_out_of_training(model, path):
+    single = build_model(card_with(mle_sam={"output": path})).eval()
+    single.load_state_dict(model.state_dict())
+    inputs = images(2, ("rgb", "lidar"))
+    with torch.no_grad():
+        both, one = model(inputs), single(inputs)
+    torch.testing.assert_close(one["logits"], both["logits_" + path])
+    assert not torch.allclose(both["logits"], both["logits_" + path])  # the default mean is a different answer
+    other = "aux" if path == "decoder" else "decoder"
+    assert one["logits_" + other] is None  # not computed at inference
+    single.train()
+    out = single(inputs)
+    assert out["logits_" + other] is not None  # both paths still train (Eq. 14)
+    total, parts = single.compute_loss(out, torch.randint(0, 25, (2, SIZE, SIZE)))
+    assert set(parts) == {"ohem_decoder", "ohem_aux"} and torch.isfinite(total)
+
+
 def test_bad_mle_sam_options_fail_at_build():
     with pytest.raises(ConfigError, match="top_k"):
         build_model(card_with(mle_sam={"top_k": 0}))
@@ -224,6 +242,8 @@ def test_bad_mle_sam_options_fail_at_build():
         build_model(card_with(mle_sam={"topk": 1}))
     with pytest.raises(ConfigError, match="loss.weights"):
         build_model(card_with(loss={"weights": [1.0]}))
+    with pytest.raises(ConfigError, match="mle_sam.output"):
+        build_model(card_with(mle_sam={"output": "sum"}))
 
 
 # -- OHEM (Eq. 13) -----------------------------------------------------------------------------------------------

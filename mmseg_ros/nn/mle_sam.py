@@ -8,10 +8,12 @@
 3. Per level, `ModalityFusion`: mean over present modalities + router top-k weighted sum, combined (Eq. 7-10).
 4. Dual path: `ClassMaskDecoder` (SAM2 mask decoder with K class tokens, hierarchical refinement, Eq. 11) gives S_0,
    `AuxiliaryHead` (Eq. 12) gives S_1, both at stride 4, upsampled bilinearly to the input size. The final logits
-   are their mean (the paper combines both paths without a formula; the mean keeps the logit scale of each).
+   are their mean by default (the paper combines both paths without a formula; the mean keeps the logit scale of
+   each); card `output: decoder` or `aux` takes one path.
 5. Loss (Eq. 14): w0 * OHEM(S_0) + w1 * OHEM(S_1).
 
-Card block `mle_sam:` keys: top_k (2), combine (sum | mean), aux_dropout (0.1), train_decoder_transformer (false:
+Card block `mle_sam:` keys: top_k (2), combine (sum | mean), aux_dropout (0.1), output (mean | decoder | aux: what
+"logits" is; both paths train either way), train_decoder_transformer (false:
 the paper keeps the decoder's transformer block frozen; class tokens, hypernetworks, upscaling and the 1x1 convs
 train). `loss:` keys: ohem_thresh (0.7), weights ([1.0, 1.0] for S_0, S_1).
 """
@@ -33,7 +35,10 @@ from .lora import lora_parameters
 from .losses import weighted_ohem
 from .sam2_backbone import SAM2Backbone, build_sam2
 
-DEFAULTS = {"top_k": 2, "combine": "sum", "aux_dropout": 0.1, "train_decoder_transformer": False}
+DEFAULTS = {"top_k": 2, "combine": "sum", "aux_dropout": 0.1, "train_decoder_transformer": False, "output": "mean"}
+# What "logits" is: the mean of both paths, or one of them. Both paths always train (Eq. 14); out of training the
+# unused path is not computed.
+OUTPUTS = ("mean", "decoder", "aux")
 LOSS_DEFAULTS = {"ohem_thresh": 0.7, "weights": (1.0, 1.0)}
 LEVELS = ("sfm", "ifp", "ffp")  # coarse to fine: stride 16 (d), 8 (d/4), 4 (d/8); the paper's Y_n, Y_1, Y_0
 FPN_LEVELS = 3  # SAM2's neck (scalp 1) gives strides 4, 8, 16
@@ -90,10 +95,13 @@ class MLESAM(MultiModalSegmenter):
 
         levels = [fused[lvl] for lvl in LEVELS]
         size = (height, width)
-        logits_decoder = _upsample(self.decoder(*levels), size)
-        logits_aux = _upsample(self.aux_head(levels), size)
+        output = self.options["output"]
+        need_both = self.training or output == "mean"
+        logits_decoder = _upsample(self.decoder(*levels), size) if need_both or output == "decoder" else None
+        logits_aux = _upsample(self.aux_head(levels), size) if need_both or output == "aux" else None
+        logits = {"decoder": logits_decoder, "aux": logits_aux}.get(output)
         return {
-            "logits": (logits_decoder + logits_aux) / 2,
+            "logits": (logits_decoder + logits_aux) / 2 if output == "mean" else logits,
             "logits_decoder": logits_decoder,
             "logits_aux": logits_aux,
             "router_weights": weights,
@@ -145,6 +153,8 @@ def _validate(options, loss_options, where: str) -> None:
         raise ConfigError(f"{where}: 'mle_sam.top_k' must be an integer >= 1, got {top_k!r}")
     if options["combine"] not in COMBINE_MODES:
         raise ConfigError(f"{where}: 'mle_sam.combine' must be one of {list(COMBINE_MODES)}, got {options['combine']!r}")
+    if options["output"] not in OUTPUTS:
+        raise ConfigError(f"{where}: 'mle_sam.output' must be one of {list(OUTPUTS)}, got {options['output']!r}")
     dropout = options["aux_dropout"]
     if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0 <= dropout < 1:
         raise ConfigError(f"{where}: 'mle_sam.aux_dropout' must be in [0, 1), got {dropout!r}")
