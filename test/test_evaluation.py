@@ -608,3 +608,22 @@ def test_mmseg_compare_prints_one_column_per_report(capsys, tmp_path):
     bad.write_text("{not json")
     assert cli.main(["compare", str(bad)]) == 1
     assert "not a results.json" in capsys.readouterr().err
+
+
+def test_compare_means_only_the_subsets_all_reports_have():
+    from mmseg_ros.evaluation import compare
+
+    _, reports = _shipped_reports()
+    full, trimmed = reports[0], json.loads(json.dumps(reports[1]))
+    keep = ["R", "D", full["full"]["subset"]]
+    trimmed["subsets"] = {c: e for c, e in trimmed["subsets"].items() if c in keep}
+    trimmed["subsets_mean"] = {"miou": 99.0, "ratio_to_full": 9.9}  # stored over other subsets: must not be shown
+    out = compare.compare([full, trimmed])
+    mean_row = next(line for line in out.splitlines() if "**mean of" in line)
+    assert "**mean of 3**" in mean_row
+    expected = [np.mean([r["subsets"][c]["miou"] for c in keep]) for r in (full, trimmed)]
+    assert [float(c) for c in mean_row.strip("|").split("|")[1:]] == [round(v, 1) for v in expected]
+    overall = out.split("### All modalities")[1].split("###")[0]
+    assert f"| mIoU | {full['full']['miou']:.1f} | {trimmed['full']['miou']:.1f} |" in overall
+    only_full = {k: v for k, v in full.items() if k in ("model", "data", "full", "classes")}
+    assert "### All modalities" in compare.compare([only_full]) and "Missing" not in compare.compare([only_full])

@@ -36,10 +36,23 @@ def subsets_table(reports: Sequence[Mapping], names: Sequence[str], metric: str 
         return None
     rows = [[code, *(_num(r["subsets"][code][metric], 1) for r in reports)] for code in codes]
     if metric == "miou":
-        means = [r.get("subsets_mean") or {} for r in reports]
-        rows.append(["**mean of %d**" % len(codes), *(_num(m.get("miou"), 1) for m in means)])
-        rows.append(["**mean / full (ratio)**", *(_num(m.get("ratio_to_full"), 2) for m in means)])
+        # Over the subsets shown, not each report's own stored mean: reports may have evaluated other subsets.
+        means = [sum(r["subsets"][code]["miou"] for code in codes) / len(codes) for r in reports]
+        fulls = [(r.get("full") or {}).get("miou") for r in reports]
+        rows.append([f"**mean of {len(codes)}**", *(_num(m, 1) for m in means)])
+        rows.append(["**mean / full (ratio)**", *(_num(m / f if f else None, 2) for m, f in zip(means, fulls))])
     return markdown_table(["subset", *names], rows)
+
+
+def overall_table(reports: Sequence[Mapping], names: Sequence[str]) -> Optional[str]:
+    """The all-modality scores every report has, one column per report."""
+    if not all(r.get("full") for r in reports):
+        return None
+    metrics = [("mIoU", "miou"), ("mIoU (present classes)", "miou_present"), ("mAcc", "macc"), ("aAcc", "aacc")]
+    rows = [[label, *(_num(r["full"].get(key), 1) for r in reports)] for label, key in metrics]
+    rows.append(["modalities", *(r["full"].get("subset", "?") for r in reports)])
+    rows.append(["samples", *(str((r.get("data") or {}).get("samples", "?")) for r in reports)])
+    return markdown_table(["all modalities", *names], rows)
 
 
 def conditions_table(reports: Sequence[Mapping], names: Sequence[str]) -> Optional[str]:
@@ -114,6 +127,7 @@ def compare(reports: Sequence[Mapping], fusion_conditions: Optional[Sequence[str
         raise ConfigError("compare: give at least one results.json")
     names = _names(reports)
     sections = [
+        ("All modalities (%)", overall_table(reports, names)),
         ("Missing modalities (mIoU %)", subsets_table(reports, names)),
         ("Missing modalities, mIoU over present classes (%)", subsets_table(reports, names, "miou_present")),
         ("Per condition / failure case (all modalities, mIoU %; frames in brackets)", conditions_table(reports, names)),
