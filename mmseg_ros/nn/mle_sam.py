@@ -99,9 +99,12 @@ class MLESAM(MultiModalSegmenter):
         need_both = self.training or output == "mean"
         logits_decoder = _upsample(self.decoder(*levels), size) if need_both or output == "decoder" else None
         logits_aux = _upsample(self.aux_head(levels), size) if need_both or output == "aux" else None
-        logits = {"decoder": logits_decoder, "aux": logits_aux}.get(output)
+        if output == "mean":
+            logits = (logits_decoder + logits_aux) / 2
+        else:
+            logits = logits_decoder if output == "decoder" else logits_aux
         return {
-            "logits": (logits_decoder + logits_aux) / 2 if output == "mean" else logits,
+            "logits": logits,
             "logits_decoder": logits_decoder,
             "logits_aux": logits_aux,
             "router_weights": weights,
