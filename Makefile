@@ -11,7 +11,7 @@ SAM2_VERSION := 1.1.0
 ROS_WHEELS := ros-rclpy ros-rmw-fastrtps-cpp ros-sensor-msgs ros-std-msgs ros-diagnostic-msgs ros-lifecycle-msgs
 PYTEST_ARGS ?=
 
-.PHONY: demo test venv clean-venv
+.PHONY: demo test lint venv clean-venv
 
 venv: $(STAMP)
 
@@ -21,7 +21,7 @@ $(STAMP): setup.py Makefile
 	$(PIP) install -q hydra-core iopath tqdm pillow
 	SAM2_BUILD_CUDA=0 $(PIP) install -q --no-deps --no-build-isolation sam2==$(SAM2_VERSION)
 	$(PIP) install -q $(ROS_WHEELS)
-	$(PIP) install -q opencv-python-headless rosbags pyyaml matplotlib pytest hypothesis
+	$(PIP) install -q opencv-python-headless rosbags pyyaml matplotlib pytest hypothesis ruff
 	$(PIP) install -q --no-deps -e .
 	$(PY) -c "import torch, sam2, rclpy, mmseg_ros; assert torch.__version__.startswith('$(TORCH_VERSION)'), torch.__version__"
 	touch $(STAMP)
@@ -29,8 +29,12 @@ $(STAMP): setup.py Makefile
 demo: $(STAMP)
 	$(VENV)/bin/mmseg demo
 
+# The lint gate (ruff.toml) first: style drift fails the suite like a failing test.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
 # pytest exits 5 when it collected no test: make treats any non-zero exit as failure, so an empty run fails.
-test: $(STAMP)
+test: lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 clean-venv:

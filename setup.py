@@ -5,17 +5,22 @@ share/mmseg_ros (ament index marker, package.xml, launch, config, models, train)
 lib/mmseg_ros where `ros2 run` and launch_ros look for executables.
 """
 import os
+from fnmatch import fnmatch
 from glob import glob
 
 from setuptools import find_packages, setup
 
 PACKAGE = "mmseg_ros"
+# Cards of tiny random models for the test suite: found in the source checkout, never installed for users.
+TEST_ONLY = ("test_tiny_*",)
 
 
-def tree(folder):
-    """(install_dir, [files]) pairs for every file below `folder`, keeping sub-folders."""
+def tree(folder, skip=()):
+    """(install_dir, [files]) pairs for every file below `folder`, keeping sub-folders, except names matching `skip`."""
     entries = {}
     for path in glob(os.path.join(folder, "**", "*"), recursive=True):
+        if any(fnmatch(os.path.basename(path), pattern) for pattern in skip):
+            continue
         if os.path.isfile(path) and "__pycache__" not in path:
             target = os.path.join("share", PACKAGE, os.path.dirname(path))
             entries.setdefault(target, []).append(path)
@@ -32,7 +37,7 @@ setup(
         ("share/" + PACKAGE, ["package.xml"]),
         *tree("launch"),
         *tree("config"),
-        *tree("models"),
+        *tree("models", skip=TEST_ONLY),
         *tree("train"),
     ],
     install_requires=["numpy", "pyyaml", "tqdm", "opencv-python-headless", "rosbags", "pillow", "matplotlib"],
@@ -45,7 +50,7 @@ setup(
     entry_points={
         "console_scripts": [
             "mmseg = mmseg_ros.cli:main",
-            "segment_node = mmseg_ros.node:main",
+            "segment_node = mmseg_ros.ros.node:main",
         ],
     },
 )

@@ -15,7 +15,9 @@ from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironment
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from mmseg_ros import dds, modalities, node_config
+from mmseg_ros import modalities
+from mmseg_ros.pipeline import config as node_config
+from mmseg_ros.ros import dds
 
 PACKAGE = "mmseg_ros"
 EXECUTABLE = "segment_node"

@@ -54,7 +54,8 @@ class ModelCard:
     checkpoint: Optional[Path]
     path: Optional[Path] = None
     description: str = ""
-    # Published figures to compare with (free-form), e.g. {trainable_params_m: 20.79, source: "..."}; used by `mmseg info`.
+    # Published figures to compare with (free-form), e.g. {trainable_params_m: 20.79, source: "..."};
+    # used by `mmseg info`.
     reference: Mapping[str, Any] = field(default_factory=dict)
     _normalization: Mapping[str, Tuple[Tuple[float, ...], Tuple[float, ...]]] = field(default_factory=dict, repr=False)
 
@@ -84,7 +85,8 @@ class ModelCard:
             try:
                 name = modalities.get(key).name
             except ConfigError:
-                raise ConfigError(f"unknown modality {key!r}; model {self.name!r} takes {list(self.modalities)}") from None
+                raise ConfigError(f"unknown modality {key!r}; "
+                                  f"model {self.name!r} takes {list(self.modalities)}") from None
             if name not in self.modalities:
                 raise ConfigError(f"modality {key!r} is not one of model {self.name!r}'s {list(self.modalities)}")
             if name in names:
@@ -303,9 +305,11 @@ def _input_size(value, architecture: str, where: str) -> Tuple[int, int]:
         not isinstance(value, (list, tuple)) or len(value) != 2
         or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 and v % INPUT_MULTIPLE == 0 for v in value)
     ):
-        raise ConfigError(f"{where}: 'input_size' must be [H, W], positive multiples of {INPUT_MULTIPLE}, got {value!r}")
+        raise ConfigError(f"{where}: 'input_size' must be [H, W], positive multiples of {INPUT_MULTIPLE}, "
+                          f"got {value!r}")
     if architecture == "memory_sam" and value[0] != value[1]:
-        raise ConfigError(f"{where}: 'input_size' must be square for memory_sam (RoPE needs square maps), got {value!r}")
+        raise ConfigError(f"{where}: 'input_size' must be square for memory_sam (RoPE needs square maps), "
+                          f"got {value!r}")
     return int(value[0]), int(value[1])
 
 

@@ -21,8 +21,8 @@ COMMANDS = {
     "eval": ("mmseg_ros.evaluation.cli", "evaluate a checkpoint on a dataset (paper-style tables)"),
     "compare": ("mmseg_ros.evaluation.compare", "print several `mmseg eval` results side by side"),
     "replay": ("mmseg_ros.replay.cli", "replay a rosbag2 through the model and score it"),
-    "node": ("mmseg_ros.node", "run the segment node (same as segment_node)"),
-    "sensors": ("mmseg_ros.sensors", "publish synthetic sensor topics live over DDS"),
+    "node": ("mmseg_ros.ros.node", "run the segment node (same as segment_node)"),
+    "sensors": ("mmseg_ros.ros.sensors", "publish synthetic sensor topics live over DDS"),
     "bench": ("mmseg_ros.bench", "benchmarks: codec, model, node, train"),
 }
 

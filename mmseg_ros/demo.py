@@ -60,7 +60,7 @@ def main(args) -> int:
     generated = time.perf_counter()
 
     from .data.synthetic.bag import LABELS_TOPIC
-    from .node_config import NodeConfig
+    from .pipeline.config import NodeConfig
     from .replay import pictures
     from .replay.bagio import InputBag
     from .replay.report import to_markdown
@@ -79,7 +79,7 @@ def main(args) -> int:
     print(to_markdown(report, per_class=False))
     _summary(report)
     title = (f"{card.name}: {args.condition} drive, "
-             + ", ".join(f"{d.modality} out {d.start_s:.1f}-{d.end_s:.1f} s" for d in drops))
+             + ", ".join(f"{d.sensor} out {d.start_s:.1f}-{d.end_s:.1f} s" for d in drops))
     truth = pictures.truth_from_bag(bag, LABELS_TOPIC)
     written = pictures.write_pictures(recorder, out, drops, title, truth=truth, gif=not args.no_gif, prefix="demo_")
     done = time.perf_counter()
@@ -138,7 +138,7 @@ def _write_drive(bag: Path, frames: int, args, outages) -> List[int]:
 def _windows(outages, camera_log: List[int], start_ns: int):
     """Each outage as a replay window in seconds from the bag start, half a frame wider than its frames on each side,
     so the report counts exactly the frames recorded without that sensor."""
-    from .replay.offline import Drop
+    from .drops import Drop
 
     half = 0.5 / RATE_HZ
     windows = []

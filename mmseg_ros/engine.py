@@ -27,10 +27,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import cards, preprocess
+from . import cards, precision as precisions, preprocess
 from .errors import ConfigError
 
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 MAX_UINT8_CLASSES = 255  # ids 0..254 in uint8; 255 stays "unlabeled" for consumers
 CV2_MAX_CHANNELS = 128  # OpenCV 5 maps at most this many channels of a numpy array to one image (measured)
 
@@ -63,16 +62,15 @@ class Segmenter:
     def __init__(self, card, checkpoint=None, device: str = "auto", precision: str = "fp32"):
         from .nn.build import as_card, load_model
 
-        if precision not in PRECISIONS:
-            raise ConfigError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+        precisions.check(precision)
         self.card: cards.ModelCard = as_card(card)
         self.device = resolve_device(device)
-        if precision != "fp32" and self.device.type != "cuda":
+        self.precision = precisions.effective(precision, self.device)
+        if self.precision != precision:
             warnings.warn(f"precision {precision!r} uses autocast on CUDA only; running fp32 on {self.device}")
-            precision = "fp32"
-        self.precision = precision
         if checkpoint is None and self.card.checkpoint is None:
-            warnings.warn(f"card {self.card.name!r} has no checkpoint: the model's trained parts are randomly initialised")
+            warnings.warn(f"card {self.card.name!r} has no checkpoint: "
+                          f"the model's trained parts are randomly initialised")
         self.model = load_model(self.card, checkpoint).to(self.device).eval()
         self._norms = {m: self.card.normalization(m) for m in self.card.modalities}
 
@@ -88,7 +86,8 @@ class Segmenter:
     def num_classes(self) -> int:
         return self.card.num_classes
 
-    def segment(self, images: Mapping[str, np.ndarray], output_size: Optional[Tuple[int, int]] = None) -> SegmentationResult:
+    def segment(self, images: Mapping[str, np.ndarray],
+                output_size: Optional[Tuple[int, int]] = None) -> SegmentationResult:
         """Segment one set of sensor images (entries that are None count as absent)."""
         start = time.perf_counter()
         names, inputs, size = self.preprocess(images, output_size)
@@ -118,7 +117,8 @@ class Segmenter:
         present = {key: image for key, image in images.items() if image is not None}
         given = dict(zip(self.card.canonical_inputs(present), present.values()))
         if not given:
-            raise ConfigError(f"no image given; model {self.card.name!r} takes any non-empty subset of {list(self.modalities)}")
+            raise ConfigError(f"no image given; model {self.card.name!r} takes any non-empty subset of "
+                              f"{list(self.modalities)}")
         names = [m for m in self.modalities if m in given]
         if output_size is None:
             output_size = np.shape(given[names[0]])[:2]
@@ -161,9 +161,7 @@ class Segmenter:
     # -- helpers ----------------------------------------------------------------------------------------------------
 
     def _autocast(self):
-        if self.device.type == "cuda" and self.precision != "fp32":
-            return torch.autocast("cuda", dtype=PRECISIONS[self.precision])
-        return torch.autocast(self.device.type, enabled=False)
+        return precisions.autocast(self.device, self.precision)
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -175,4 +173,5 @@ def _router_weights(out, names) -> Optional[Dict[str, Dict[str, float]]]:
     if not weights:
         return None
     order = out.get("modalities", tuple(names))
-    return {level: {m: float(w) for m, w in zip(order, tensor[0].float().cpu().tolist())} for level, tensor in weights.items()}
+    return {level: {m: float(w) for m, w in zip(order, tensor[0].float().cpu().tolist())}
+            for level, tensor in weights.items()}

@@ -42,15 +42,18 @@ REGISTRY: Dict[str, Modality] = {
             mean=IMAGENET_MEAN, std=IMAGENET_STD, aliases=("img", "camera", "image"),
         ),
         Modality(
-            "depth", "D", "depth image (metres or millimetres)", "depth/image", ("32FC1", "16UC1", "mono16", "mono8", "8UC3", "rgb8"),
+            "depth", "D", "depth image (metres or millimetres)", "depth/image",
+            ("32FC1", "16UC1", "mono16", "mono8", "8UC3", "rgb8"),
             value_range=(0.0, 80.0), aliases=("hha",),
         ),
         Modality(
-            "event", "E", "event-camera frame (pos/neg counts)", "event/image", ("mono8", "rgb8", "8UC1", "8UC2", "8UC3", "16UC1"),
+            "event", "E", "event-camera frame (pos/neg counts)", "event/image",
+            ("mono8", "rgb8", "8UC1", "8UC2", "8UC3", "16UC1"),
             sparse=True, aliases=("events",),
         ),
         Modality(
-            "lidar", "L", "LiDAR range projected into the camera", "lidar/image", ("32FC1", "16UC1", "mono16", "mono8", "rgb8", "8UC3"),
+            "lidar", "L", "LiDAR range projected into the camera", "lidar/image",
+            ("32FC1", "16UC1", "mono16", "mono8", "rgb8", "8UC3"),
             value_range=(0.0, 80.0), sparse=True,
         ),
         Modality("aolp", "A", "angle of linear polarisation", "aolp/image", ("rgb8", "8UC3", "mono8", "32FC1")),

@@ -19,7 +19,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from mmseg_ros import dds, msgs
+from mmseg_ros import msgs
+from mmseg_ros.ros import dds
 
 SIZE = 1024
 TOPICS = {"rgb8": "transport_check/rgb", "32FC1": "transport_check/range"}
@@ -106,7 +107,7 @@ def subscribe(args) -> int:
     from rclpy.qos import QoSProfile, qos_profile_sensor_data
     from sensor_msgs.msg import Image
 
-    from mmseg_ros.rosutil import SpinThread
+    from mmseg_ros.ros.spin import SpinThread
 
     # Sensor-data QoS (best effort, volatile) with a history deep enough for a subscriber that the scheduler
     # starves for a while on a shared machine: what is measured is the transport, not this process' turn on a core.

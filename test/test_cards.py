@@ -109,7 +109,8 @@ def test_memory_sam_needs_square_input():
 
 def test_inline_class_set():
     data = tiny_dict()
-    data["classes"] = {"name": "two", "classes": [{"name": "road", "color": [1, 2, 3]}, {"name": "car", "color": [4, 5, 6]}]}
+    data["classes"] = {"name": "two",
+                       "classes": [{"name": "road", "color": [1, 2, 3]}, {"name": "car", "color": [4, 5, 6]}]}
     card = cards.from_dict(data)
     assert card.num_classes == 2 and card.class_names == ("road", "car")
 

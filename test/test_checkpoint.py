@@ -5,8 +5,9 @@ import torch
 from mmseg_ros import cards
 from mmseg_ros.errors import CheckpointError
 from mmseg_ros.nn.build import build_model, load_model
-from mmseg_ros.nn.checkpoint import load_checkpoint, load_trained_state, read_checkpoint, save_checkpoint
-from mmseg_ros.nn.lora import is_lora_name, lora_layers
+from mmseg_ros.nn.build import load_checkpoint
+from mmseg_ros.nn.checkpoint import load_trained_state, read_checkpoint, save_checkpoint
+from mmseg_ros.nn.lora import is_lora_name
 from mmseg_ros.nn.sam2_backbone import build_sam2
 
 CARD = "test_tiny_mle_sam"
@@ -61,8 +62,9 @@ def test_official_checkpoint_loads_into_the_backbone(official):
 
 
 def test_official_checkpoint_mismatches_fail_clearly(tmp_path, official):
-    bigger = card_with(sam2={"overrides": [o.replace("embed_dim=16", "embed_dim=24").replace("[128,64,32,16]", "[192,96,48,24]")
-                                           for o in cards.load(CARD).sam2_overrides]})
+    bigger = card_with(sam2={"overrides": [
+        o.replace("embed_dim=16", "embed_dim=24").replace("[128,64,32,16]", "[192,96,48,24]")
+        for o in cards.load(CARD).sam2_overrides]})
     other = tmp_path / "other_size.pt"
     torch.save({"model": build_sam2(bigger).state_dict()}, other)
     with pytest.raises(CheckpointError, match=r"shape mismatch.*trunk.*file \(") as err:
@@ -74,7 +76,8 @@ def test_official_checkpoint_mismatches_fail_clearly(tmp_path, official):
     state.pop("image_encoder.neck.convs.0.conv.weight")
     state["extra.weight"] = torch.zeros(1)
     torch.save({"model": state}, partial)
-    with pytest.raises(CheckpointError, match=r"missing in file: image_encoder\.neck\.convs\.0\.conv\.weight.*unexpected in file: extra\.weight"):
+    with pytest.raises(CheckpointError, match=r"missing in file: image_encoder\.neck\.convs\.0\.conv\.weight"
+                                              r".*unexpected in file: extra\.weight"):
         build_model(card_with(sam2={"checkpoint": str(partial)}))
 
     not_official = tmp_path / "plain.pt"
@@ -93,7 +96,8 @@ def test_save_load_round_trip_with_official_weights(tmp_path, official):
     ckpt = read_checkpoint(path)
     assert ckpt["stores_frozen"] is False
     assert set(ckpt["state"]) == {n for n, p in model.named_parameters() if p.requires_grad}
-    assert any(is_lora_name(n) for n in ckpt["state"]) and not any(n.startswith("backbone.encoder.trunk.blocks.0.mlp") for n in ckpt["state"])
+    assert any(is_lora_name(n) for n in ckpt["state"])
+    assert not any(n.startswith("backbone.encoder.trunk.blocks.0.mlp") for n in ckpt["state"])
     assert ckpt["classes"] == list(card.class_names) and ckpt["modalities"] == list(MODS) and ckpt["lora_rank"] == 4
 
     fresh = build_model(card).eval()
@@ -123,10 +127,13 @@ def test_round_trip_without_official_weights_stores_the_frozen_ones(tmp_path):
 
 @pytest.mark.parametrize("changes, needle", [
     ({"classes": "cityscapes"}, r"classes: checkpoint has 19 .*card 'test_tiny_mle_sam' has 25"),
-    ({"modalities": ["rgb", "depth"]}, r"modalities: checkpoint has \['rgb', 'depth'\], card 'test_tiny_mle_sam' has \['rgb', 'depth', 'event', 'lidar'\]"),
+    ({"modalities": ["rgb", "depth"]},
+     r"modalities: checkpoint has \['rgb', 'depth'\], "
+     r"card 'test_tiny_mle_sam' has \['rgb', 'depth', 'event', 'lidar'\]"),
     ({"lora": {"rank": 8, "alpha": 8}}, r"LoRA rank: checkpoint has 8, card 'test_tiny_mle_sam' has 4"),
     ({"sam2": {"overrides": ["++model.image_encoder.trunk.embed_dim=16"]}}, r"SAM2 overrides: checkpoint has"),
-    ({"trainable": "from_scratch"}, r"trainable setting: checkpoint has 'from_scratch', card 'test_tiny_mle_sam' has 'paper'"),
+    ({"trainable": "from_scratch"},
+     r"trainable setting: checkpoint has 'from_scratch', card 'test_tiny_mle_sam' has 'paper'"),
 ])
 def test_checkpoint_for_another_model_fails_naming_both_sides(tmp_path, changes, needle):
     other = card_with(**changes)

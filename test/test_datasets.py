@@ -360,6 +360,7 @@ def test_eval_pipeline_batches_through_a_dataloader(tmp_path):
 
 
 def test_loaders_do_not_import_ros():
-    code = "import sys, mmseg_ros.data.deliver, mmseg_ros.data.muses, mmseg_ros.data.mcubes; print('rclpy' in sys.modules)"
+    code = ("import sys, mmseg_ros.data.deliver, mmseg_ros.data.muses, mmseg_ros.data.mcubes; "
+            "print('rclpy' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

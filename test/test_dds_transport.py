@@ -1,7 +1,7 @@
 """Large images between two real ROS 2 processes over Fast DDS, best effort (sensor-data QoS), decoded by our codecs.
 
-SPEC §3: with Fast DDS' built-in transports best-effort samples above ~512 KB are lost between processes; the
-shipped profile (config/fastdds_shm.xml, set by mmseg_ros.dds.configure_transport) must deliver them.
+With Fast DDS' built-in transports best-effort samples above ~512 KB are lost between processes; the
+shipped profile (config/fastdds_shm.xml, set by mmseg_ros.ros.dds.configure_transport) must deliver them.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from mmseg_ros import dds
+from mmseg_ros.ros import dds
 
 PEER = Path(__file__).with_name("dds_peer.py")
 RATE_HZ = 10.0  # leaves the subscriber 0.5 s of slack (sensor-data QoS keeps 5) when other jobs hold the cores

@@ -234,7 +234,7 @@ def test_report_json_shape_and_markdown_tables(tmp_path):
     md = tables.to_markdown(loaded)
     lines = md.splitlines()
     # Table VI: header with every subset code then Mean, one data row with 2^M - 1 + 2 cells
-    header = next(l for l in lines if l.startswith("| Training |"))
+    header = next(line for line in lines if line.startswith("| Training |"))
     cells = [c.strip() for c in header.strip("|").split("|")]
     assert cells == ["Training", "R", "D", "E", "R-D", "R-E", "D-E", "R-D-E", "Mean"]
     row = lines[lines.index(header) + 2]
@@ -243,13 +243,13 @@ def test_report_json_shape_and_markdown_tables(tmp_path):
     # per-class table: one row per class + the mean; the absent class is shown as counted 0
     assert "| class4 | – (0) | – (0) |" in md
     # conditions: one row per condition/case; Table IV cross: one row per subset
-    assert sum(l.startswith("| fog |") for l in lines) == 1
-    header4 = next(l for l in lines if l.startswith("| Modalities |"))
+    assert sum(line.startswith("| fog |") for line in lines) == 1
+    header4 = next(line for line in lines if line.startswith("| Modalities |"))
     assert [c.strip() for c in header4.strip("|").split("|")] == ["Modalities", "fog", "night", "motionblur", "Mean"]
     # Table VIII: 2 noise kinds x M modalities + the clean row
-    noise_header = next(l for l in lines if l.startswith("| Noise type |"))
+    noise_header = next(line for line in lines if line.startswith("| Noise type |"))
     start = lines.index(noise_header) + 2
-    noise_rows = [l for l in lines[start:start + 2 * len(trained) + 1] if l.startswith("|")]
+    noise_rows = [line for line in lines[start:start + 2 * len(trained) + 1] if line.startswith("|")]
     assert len(noise_rows) == 2 * len(trained) + 1 and "none (clean)" in noise_rows[-1]
     assert "counted as 0" in md and "class4" in md.split("counted as 0")[-1]
 
@@ -403,7 +403,7 @@ def test_noise_does_not_depend_on_batching(toy_dataset):
 
 
 # ----------------------------------------------------------------------------------------------- mmseg eval
-SYNTH_SPEC = "frames=3,size=64,seed=9,frames_per_map=1,conditions=fog+night,failures=lidarjitter,failure_every=2"
+SYNTH_SOURCE = "frames=3,size=64,seed=9,frames_per_map=1,conditions=fog+night,failures=lidarjitter,failure_every=2"
 
 
 def test_synthetic_spec_and_cached_tree(tmp_path):
@@ -414,12 +414,12 @@ def test_synthetic_spec_and_cached_tree(tmp_path):
         "frames": 4, "conditions": ("fog", "night"), "failures": ()}
     with pytest.raises(ConfigError, match="key=value"):
         synthetic_source.parse_spec("frame=4")
-    root = synthetic_source.tree_for(SYNTH_SPEC, "val", 64, cache=tmp_path, workers=1)
+    root = synthetic_source.tree_for(SYNTH_SOURCE, "val", 64, cache=tmp_path, workers=1)
     stamp = (root / synthetic_source.DONE_MARKER).stat().st_mtime_ns
-    assert synthetic_source.tree_for(SYNTH_SPEC, "val", 64, cache=tmp_path) == root  # cached, not re-rendered
+    assert synthetic_source.tree_for(SYNTH_SOURCE, "val", 64, cache=tmp_path) == root  # cached, not re-rendered
     assert (root / synthetic_source.DONE_MARKER).stat().st_mtime_ns == stamp
     assert not list(tmp_path.glob(".tmp-*"))
-    dataset = synthetic_source.open_dataset(SYNTH_SPEC, "val", TRAINED, unit_pipeline((32, 32), TRAINED), 64,
+    dataset = synthetic_source.open_dataset(SYNTH_SOURCE, "val", TRAINED, unit_pipeline((32, 32), TRAINED), 64,
                                             cache=tmp_path)
     metas = [dataset[i]["meta"] for i in range(len(dataset))]
     assert len(dataset) == 3
@@ -444,7 +444,7 @@ def test_mmseg_eval_end_to_end_on_a_tiny_checkpoint(tmp_path, capsys):
     model = build_model("test_tiny_mle_sam")
     checkpoint = save_checkpoint(model, tmp_path / "tiny.pt")
     out = tmp_path / "out"
-    code = cli.main(["eval", "--checkpoint", str(checkpoint), "--data", "synthetic:" + SYNTH_SPEC,
+    code = cli.main(["eval", "--checkpoint", str(checkpoint), "--data", "synthetic:" + SYNTH_SOURCE,
                      "--cache", str(tmp_path / "cache"), "--subsets", "E,R-D-E-L", "--noise", "--noise-on", "L",
                      "--conditions",
                      "--size", "32", "--max-samples", "2", "--batch-size", "2", "--out", str(out), "--no-progress"])
@@ -455,7 +455,7 @@ def test_mmseg_eval_end_to_end_on_a_tiny_checkpoint(tmp_path, capsys):
     assert report["schema"] == tables.SCHEMA
     assert report["model"]["name"] == "test_tiny_mle_sam" and report["model"]["code"] == "R-D-E-L"
     assert len(report["model"]["checkpoint_sha256"]) == 64
-    assert report["data"]["dataset"] == "synthetic" and report["data"]["source"] == "synthetic:" + SYNTH_SPEC
+    assert report["data"]["dataset"] == "synthetic" and report["data"]["source"] == "synthetic:" + SYNTH_SOURCE
     assert report["data"]["samples"] == 2 and report["data"]["size"] == [32, 32]
     assert list(report["subsets"]) == ["E", "R-D-E-L"]
     assert report["full"]["pixels"] <= 2 * 32 * 32
@@ -478,7 +478,7 @@ def test_mmseg_eval_runs_memory_sam_with_its_card(tmp_path, capsys):
     checkpoint = save_checkpoint(build_model("test_tiny_memory_sam"), tmp_path / "memory.pt")
     out = tmp_path / "out"
     assert cli.main(["eval", "--checkpoint", str(checkpoint), "--card", "test_tiny_memory_sam",
-                     "--data", "synthetic:" + SYNTH_SPEC, "--cache", str(tmp_path / "cache"),
+                     "--data", "synthetic:" + SYNTH_SOURCE, "--cache", str(tmp_path / "cache"),
                      "--max-samples", "1", "--out", str(out), "--no-progress"]) == 0
     report = tables.load_json(out / "results.json")
     assert report["model"]["architecture"] == "memory_sam" and report["full"]["pixels"] > 0

@@ -270,7 +270,8 @@ def test_node_fails_fast_on_bad_checkpoints_and_cards_and_falls_back_to_cpu(faul
             lines.append(line)
             if "model test_tiny_mle_sam on cpu" in line:
                 break
-        assert any("WARN" in l and "CUDA is not available: running on the CPU" in l for l in lines), "".join(lines)
+        assert any("WARN" in logged and "CUDA is not available: running on the CPU" in logged
+                   for logged in lines), "".join(lines)
         assert "model test_tiny_mle_sam on cpu" in lines[-1], "".join(lines)
         fallback.send_signal(signal.SIGINT)
         rest, _ = fallback.communicate(timeout=30)

@@ -17,7 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mmseg_ros import modalities, msgs, node_core
+from mmseg_ros import modalities, msgs
+from mmseg_ros.pipeline import checks
 from mmseg_ros.errors import MMSegError
 from mmseg_ros.sync import Missing, SyncConfig, Synchronizer, stamp_to_ns
 
@@ -32,7 +33,7 @@ SIZES = st.one_of(st.integers(0, 9), st.sampled_from([2**16, 2**31 - 1, 2**31, 2
 LYING_INTS = st.one_of(SIZES, st.integers(-2**64, -1), st.just(True), st.floats(allow_nan=True), st.none(),
                        st.text(max_size=3), st.just(np.int64(3)), st.just(np.uint32(2**32 - 1)))
 
-ENCODINGS = sorted({*msgs._NAMED_ENCODINGS, "8UC1", "8UC2", "8UC3", "8SC4", "16UC1", "16SC2", "32SC1", "32FC1",
+ENCODINGS = sorted({*msgs.image._NAMED_ENCODINGS, "8UC1", "8UC2", "8UC3", "8SC4", "16UC1", "16SC2", "32SC1", "32FC1",
                     "32FC3", "64FC1", "64FC9", "8UC999999999", "8UC0", "32FC", "bayer_rggb8", "yuv422", "",
                     "mmseg_unknown", "RGB8", " rgb8", "rgb8\x00", "16UC1\n"})
 ODD_ENCODINGS = st.one_of(st.none(), st.integers(), st.binary(max_size=4), st.lists(st.integers(), max_size=2),
@@ -66,7 +67,7 @@ def _assert_only_project_errors(call, *args):
 @st.composite
 def random_images(draw, ros: bool = False):
     """An Image whose every field is drawn independently: mostly nonsense, sometimes accidentally valid."""
-    msg = msgs._new("Image", ros)
+    msg = msgs.new_message("Image", ros)
     if ros:  # rclpy's setters accept only values of the wire types (uint32 sizes, str encoding, uint8 bytes)
         msg.height, msg.width, msg.step = draw(UINT32), draw(UINT32), draw(UINT32_STEP)
         msg.encoding = draw(ENCODING)
@@ -80,7 +81,7 @@ def random_images(draw, ros: bool = False):
     return msg
 
 
-VALID_ENCODING = st.sampled_from(sorted({*msgs._NAMED_ENCODINGS, "8UC2", "16UC1", "32FC1", "64FC1", "16SC3"}))
+VALID_ENCODING = st.sampled_from(sorted({*msgs.image._NAMED_ENCODINGS, "8UC2", "16UC1", "32FC1", "64FC1", "16SC3"}))
 IMAGE_MUTATION = st.sampled_from(["none", "truncate", "extend", "height", "width", "step", "encoding", "huge"])
 HUGE_IMAGE = st.sampled_from([(2**16, 2**16), (2**31, 1), (1, 2**32 - 1)])
 
@@ -132,7 +133,7 @@ def test_random_plain_images_decode_or_raise_message_error(msg):
     _check_image_result(msg, _assert_only_project_errors(msgs.image_to_numpy, msg))
     _check_image_result(msg, _assert_only_project_errors(msgs.image_for_model, msg))
     for name in ("rgb", "depth", "event", "lidar"):
-        _check_image_result(msg, _assert_only_project_errors(node_core.decode_input, name, msg))
+        _check_image_result(msg, _assert_only_project_errors(checks.decode_input, name, msg))
 
 
 @settings(max_examples=1200, **FUZZ)
@@ -156,7 +157,7 @@ def test_real_sensor_msgs_images(msg, case):
     for m in (msg, case[2]):
         _check_image_result(m, _assert_only_project_errors(msgs.image_to_numpy, m))
         for name in ("rgb", "depth", "event", "lidar"):
-            _check_image_result(m, _assert_only_project_errors(node_core.decode_input, name, m))
+            _check_image_result(m, _assert_only_project_errors(checks.decode_input, name, m))
 
 
 # -- PointCloud2 -----------------------------------------------------------------------------------------------------
@@ -164,7 +165,7 @@ def test_real_sensor_msgs_images(msg, case):
 
 @st.composite
 def point_fields(draw, ros: bool):
-    pf = msgs._new("PointField", ros)
+    pf = msgs.new_message("PointField", ros)
     pf.name = draw(FIELD_NAME)
     if ros:
         pf.offset = min(draw(OFFSET), 2**32 - 1)
@@ -194,7 +195,7 @@ CLOUD_DATA = st.binary(max_size=400)
 @st.composite
 def random_clouds(draw, ros: bool = False):
     """Fields overlapping or past point_step, unknown datatypes, count 0, lying sizes, short data."""
-    msg = msgs._new("PointCloud2", ros)
+    msg = msgs.new_message("PointCloud2", ros)
     msg.point_step = draw(CLOUD_STEP if ros else ANY_CLOUD_STEP)
     msg.fields = draw(FIELDS[ros])
     msg.height, msg.width = draw(CLOUD_STEP), draw(CLOUD_STEP)
@@ -338,7 +339,7 @@ ODD_MODEL = st.one_of(st.none(), st.integers(), st.lists(st.integers(), max_size
 @st.composite
 def camera_infos(draw, ros: bool = False):
     """Plausible intrinsics with NaN / inf / zero / huge entries, distortion vectors of every length and model."""
-    msg = msgs._new("CameraInfo", ros)
+    msg = msgs.new_message("CameraInfo", ros)
     honest = draw(st.booleans())
     k = [draw(FOCAL), draw(SKEW), draw(CENTRE), 0.0, draw(FOCAL), draw(CENTRE), 0.0, 0.0, 1.0]
     if not honest:
@@ -547,7 +548,7 @@ def fuzzed_invalid_image(name: str, rng: np.random.Generator):
                                   "32FC1", ros=True)
     if kind != "wrong_size":  # (rejected by the node's size guard, not by decoding)
         with pytest.raises(MMSegError):
-            node_core.decode_input(name, msg)
+            checks.decode_input(name, msg)
     return "image:" + kind, msg
 
 
@@ -623,7 +624,7 @@ def test_running_node_keeps_publishing_through_fuzzed_inputs(tmp_path):
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
-    from mmseg_ros import node_config
+    from mmseg_ros.pipeline import config as node_config
 
     listener = live.Listener()
     labels_topic = f"{NODE_NS}/{live.NODE}/labels"

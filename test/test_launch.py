@@ -1,4 +1,4 @@
-"""launch/segment.launch.py against the package. `launch_ros` cannot be installed here (SPEC §3), so the file is
+"""launch/segment.launch.py against the package. `launch_ros` cannot be installed here (no PyPI wheel), so the file is
 read with ast: its executable is the console script, its files exist, every launch argument it declares is used
 and every one it uses is declared, the parameters it overrides and the topics it remaps are the node's. It is run
 only where launch_ros is importable. config/segment.yaml is checked against the node's parameter table too."""
@@ -14,8 +14,9 @@ from typing import Dict, Set
 import pytest
 import yaml
 
-from mmseg_ros import modalities, node_config
-from mmseg_ros.node_config import NodeConfig
+from mmseg_ros import modalities
+from mmseg_ros.pipeline import config as node_config
+from mmseg_ros.pipeline.config import NodeConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 LAUNCH = ROOT / "launch" / "segment.launch.py"
@@ -30,7 +31,8 @@ class Resolver:
 
     def __init__(self, tree: ast.Module):
         self.modules = {alias.asname or alias.name: importlib.import_module(f"{node.module}.{alias.name}")
-                        for node in tree.body if isinstance(node, ast.ImportFrom) and node.module == "mmseg_ros"
+                        for node in tree.body
+                        if isinstance(node, ast.ImportFrom) and node.module.startswith("mmseg_ros")
                         for alias in node.names}
         self.constants: Dict[str, object] = {}
         for node in tree.body:
@@ -129,7 +131,7 @@ def _console_scripts() -> Dict[str, str]:
 def test_executable_is_the_node_console_script():
     scripts = _console_scripts()
     assert C["EXECUTABLE"] in scripts
-    assert scripts[C["EXECUTABLE"]] == "mmseg_ros.node:main"
+    assert scripts[C["EXECUTABLE"]] == "mmseg_ros.ros.node:main"
     assert C["PACKAGE"] == "mmseg_ros" == (ROOT / "resource").joinpath("mmseg_ros").name
     assert node_config.NODE_NAME in SOURCE or "node_config.NODE_NAME" in SOURCE
 
@@ -177,7 +179,7 @@ def test_params_file_declares_only_node_parameters_and_validates():
 
 
 @pytest.mark.skipif(importlib.util.find_spec("launch_ros") is None,
-                    reason="launch_ros is not installable from PyPI (SPEC §3); checked statically above")
+                    reason="launch_ros is not installable from PyPI; checked statically above")
 def test_generate_launch_description_runs():
     from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
     from launch.actions import DeclareLaunchArgument

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from mmseg_ros import cards
 from mmseg_ros.errors import ConfigError
 from mmseg_ros.nn.build import build_model
-from mmseg_ros.nn.checkpoint import load_checkpoint, save_checkpoint
+from mmseg_ros.nn.build import load_checkpoint
+from mmseg_ros.nn.checkpoint import save_checkpoint
 from mmseg_ros.nn.lora import is_lora_name
 from mmseg_ros.nn.memory_sam import MemorySAM, resize_class_tokens
 from mmseg_ros.nn.sam2_backbone import build_sam2
@@ -135,7 +136,8 @@ def test_mixed_presence_batch_equals_per_sample_forwards(model, card):
             single = model({n: x[n][b : b + 1] for n in here})
         torch.testing.assert_close(batched["logits"][b : b + 1], single["logits"], rtol=1e-4, atol=1e-5)
         for n in here:
-            torch.testing.assert_close(batched["frame_logits"][n][b : b + 1], single["frame_logits"][n], rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(batched["frame_logits"][n][b : b + 1], single["frame_logits"][n],
+                                       rtol=1e-4, atol=1e-5)
 
 
 def test_later_frames_read_the_memory_of_earlier_ones(model, card):
@@ -170,7 +172,8 @@ def test_only_the_paper_parts_train_and_a_step_changes_only_them(card):
             is_lora_name(name)
             or name.startswith(("sam.memory_attention.", "sam.memory_encoder.", "sam.maskmem_tpos_enc", "sam.no_mem_"))
             or (name.startswith("sam.sam_mask_decoder.")
-                and not name.startswith(("sam.sam_mask_decoder.iou_prediction_head", "sam.sam_mask_decoder.pred_obj_score_head")))
+                and not name.startswith(("sam.sam_mask_decoder.iou_prediction_head",
+                                         "sam.sam_mask_decoder.pred_obj_score_head")))
             or name.startswith("sam.obj_ptr_tpos_proj")
         )
         assert ok, name
@@ -193,8 +196,8 @@ def test_only_the_paper_parts_train_and_a_step_changes_only_them(card):
     changed = {n for n in before if not torch.equal(before[n], after[n].detach())}
     assert changed <= trainable
     assert all(p.grad is None for n, p in model.named_parameters() if n not in trainable)
-    for part in ("lora_b_q", "sam.memory_attention.", "sam.memory_encoder.", "mask_tokens", "output_hypernetworks_mlps.1.",
-                 "sam.sam_mask_decoder.conv_s0", "sam.sam_mask_decoder.transformer."):
+    for part in ("lora_b_q", "sam.memory_attention.", "sam.memory_encoder.", "mask_tokens",
+                 "output_hypernetworks_mlps.1.", "sam.sam_mask_decoder.conv_s0", "sam.sam_mask_decoder.transformer."):
         assert any(part in n for n in changed), part
     assert not model.spmm.global_prototypes.requires_grad
     assert not torch.equal(prototypes, model.spmm.global_prototypes)
@@ -267,8 +270,8 @@ def test_spmm_prototypes_move_with_momentum_and_carry_no_gradient():
     # Second step: only seen classes move; class 1 is never seen and stays 0.
     with torch.no_grad():
         spmm(feats * 2, labels)
-    torch.testing.assert_close(spmm.global_prototypes, torch.stack([0.8 * 0.2 * class0 + 0.2 * 2 * class0, torch.zeros(2),
-                                                                    0.8 * 0.2 * class2 + 0.2 * 2 * class2]))
+    torch.testing.assert_close(spmm.global_prototypes, torch.stack([
+        0.8 * 0.2 * class0 + 0.2 * 2 * class0, torch.zeros(2), 0.8 * 0.2 * class2 + 0.2 * 2 * class2]))
     assert "global_prototypes" in spmm.state_dict()
 
 

@@ -424,7 +424,7 @@ def test_bad_extrinsic_raises_message_error(extrinsic):
 # ---- ROS-free import, and real sensor_msgs through real CDR ---------------------------------------------------------
 
 def test_module_imports_without_rclpy():
-    code = "import sys, mmseg_ros.msgs, mmseg_ros.dds; assert 'rclpy' not in sys.modules, 'rclpy imported'"
+    code = "import sys, mmseg_ros.msgs, mmseg_ros.ros.dds; assert 'rclpy' not in sys.modules, 'rclpy imported'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 

@@ -22,7 +22,9 @@ from typing import Dict, List, Optional
 import numpy as np
 import pytest
 
-from mmseg_ros import cards, dds, msgs, node_config
+from mmseg_ros import cards, msgs
+from mmseg_ros.pipeline import config as node_config
+from mmseg_ros.ros import dds
 
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,7 +77,7 @@ class Listener:
         dds.configure_transport()  # before rclpy.init; the node and sensor processes inherit it
         import rclpy
 
-        from mmseg_ros.rosutil import SpinThread
+        from mmseg_ros.ros.spin import SpinThread
 
         self.rclpy = rclpy
         self.context = rclpy.Context()
@@ -113,7 +115,8 @@ class Listener:
 
         def callback(msg):
             statuses = {s.name: (s.level[0] if isinstance(s.level, bytes) else int(s.level), s.message,
-                                 {kv.key: kv.value for kv in s.values}) for s in msg.status if s.name.startswith(prefix)}
+                                 {kv.key: kv.value for kv in s.values})
+                        for s in msg.status if s.name.startswith(prefix)}
             if statuses:
                 with self.lock:
                     self.diags.append(Diag(msg.header.stamp.sec * NS + msg.header.stamp.nanosec, statuses))

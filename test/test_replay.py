@@ -223,7 +223,7 @@ def test_lidar_as_points_is_projected_like_the_node_with_the_bags_extrinsic(driv
     """inputs.lidar_source=points: /lidar/points + /rgb/camera_info, projected with the LiDAR->camera transform the
     generator recorded in the bag's metadata; the projected returns land where the bag's LiDAR image has them."""
     from mmseg_ros import msgs
-    from mmseg_ros.node_config import NodeConfig
+    from mmseg_ros.pipeline.config import NodeConfig
     from mmseg_ros.replay.bagio import InputBag
     from mmseg_ros.replay.run import replay_offline
     from mmseg_ros.sync import stamp_to_ns
@@ -233,7 +233,8 @@ def test_lidar_as_points_is_projected_like_the_node_with_the_bags_extrinsic(driv
                                      "inputs.lidar_source": "points"})
     projected = {}
     report = replay_offline(root / "drive_mcap", config, progress=False,
-                            watch=lambda frame: projected.setdefault(frame.stamp_ns, np.array(frame.images["lidar"])))
+                            watch=lambda frame, _time_s: projected.setdefault(frame.stamp_ns,
+                                                                              np.array(frame.images["lidar"])))
     assert report["inputs"]["lidar"]["topic"] == "/lidar/points" and report["frames"]["used"]["lidar"] == FRAMES
     with InputBag(root / "drive_mcap") as bag:
         recorded = {stamp_to_ns(m.header.stamp): np.array(msgs.image_to_numpy(m))

@@ -13,7 +13,10 @@ import time
 import numpy as np
 import pytest
 
-from mmseg_ros import msgs, sensors
+from mmseg_ros import msgs
+from mmseg_ros.data.synthetic import schedule as sensors
+from mmseg_ros.drops import Drop
+from mmseg_ros.ros import sensors as ros_sensors
 from mmseg_ros.data.synthetic import bag, config
 from mmseg_ros.data.synthetic.generator import SceneGenerator
 from mmseg_ros.errors import ConfigError, MessageError
@@ -32,7 +35,7 @@ FRAME_IDS = {"rgb": RIG.camera.frame_id, "depth": RIG.depth.frame_id, "event": R
 
 def test_drop_windows_parse_and_cover():
     window = sensors.parse_drop("depth@5-10")
-    assert window == sensors.DropWindow("depth", 5.0, 10.0)
+    assert window == Drop("depth", 5.0, 10.0)
     assert window.covers("depth", 5.0) and window.covers("depth", 9.99)
     assert not window.covers("depth", 10.0) and not window.covers("rgb", 7.0)
     everything = sensors.parse_drop("all@1.5-")
@@ -126,8 +129,8 @@ class Listener:
         import rclpy
         from rclpy.qos import QoSProfile, ReliabilityPolicy
 
-        from mmseg_ros import dds
-        from mmseg_ros.rosutil import SpinThread
+        from mmseg_ros.ros import dds
+        from mmseg_ros.ros.spin import SpinThread
 
         dds.configure_transport()
         self.context = rclpy.Context()
@@ -175,7 +178,7 @@ def _seconds(text: str) -> int:
 
 
 def test_publishes_rates_encodings_drops_and_bad_messages():
-    keys = sensors.used_keys(points=True, gt=True)
+    keys = ros_sensors.used_keys(points=True, gt=True)
     listener = Listener(keys, reliable=True)
     duration = 3.5
     try:
@@ -237,7 +240,7 @@ def test_publishes_rates_encodings_drops_and_bad_messages():
 
 
 def test_sigint_ends_the_default_best_effort_publisher_with_exit_0_within_2_s_and_clock_runs_scaled():
-    listener = Listener(sensors.used_keys(points=False, gt=False), reliable=False, clock=True)
+    listener = Listener(ros_sensors.used_keys(points=False, gt=False), reliable=False, clock=True)
     rate_scale = 0.5
     try:
         proc = _start("--frames", "1", "--clock", "--rate-scale", str(rate_scale))

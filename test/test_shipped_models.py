@@ -22,17 +22,17 @@ REPO = Path(__file__).resolve().parent.parent
 MODELS = REPO / "models"
 REFERENCE = MODELS / "eval" / "regression.json"
 # A prefix of the full evaluation's scenes (same seed, size and drive length): five drives, one per condition.
-SPEC = "frames=25,seed=100,size=256,frames_per_map=5"
+SCENES = "frames=25,seed=100,size=256,frames_per_map=5"
 SHIPPED = ("mle_sam_synth", "mle_sam_synth_decoder", "mle_sam_synth_nodrop", "memory_sam_synth")
 TOLERANCE = 1.0   # mIoU points either way
 MAX_DROP = 2.0    # mIoU points below the committed value
 
 
 def score(card: str, cache: Path, out: Path) -> dict:
-    """`mmseg eval --card CARD --data synthetic:SPEC --subsets full`, in-process; returns results.json."""
+    """`mmseg eval --card CARD --data synthetic:SCENES --subsets full`, in-process; returns results.json."""
     from mmseg_ros import cli
 
-    argv = ["eval", "--card", card, "--data", f"synthetic:{SPEC}", "--cache", str(cache), "--subsets", "full",
+    argv = ["eval", "--card", card, "--data", f"synthetic:{SCENES}", "--cache", str(cache), "--subsets", "full",
             "--device", "cpu", "--no-progress", "--out", str(out)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -48,7 +48,7 @@ def scene_cache(tmp_path_factory):
 @pytest.mark.parametrize("card", SHIPPED)
 def test_shipped_model_reproduces_committed_miou(card, scene_cache, tmp_path):
     reference = json.loads(REFERENCE.read_text())
-    assert reference["spec"] == SPEC, "regression.json was written for other scenes: rewrite it (--write)"
+    assert reference["spec"] == SCENES, "regression.json was written for other scenes: rewrite it (--write)"
     committed = reference["models"][card]
     report = score(card, scene_cache, tmp_path / card)
     assert report["data"]["samples"] == committed["samples"]
@@ -95,7 +95,7 @@ def write_reference() -> None:
             values[card] = {"miou": round(report["full"]["miou"], 4), "samples": report["data"]["samples"],
                             "checkpoint_sha256": report["model"]["checkpoint_sha256"]}
     REFERENCE.parent.mkdir(parents=True, exist_ok=True)
-    REFERENCE.write_text(json.dumps({"spec": SPEC, "models": values}, indent=2) + "\n")
+    REFERENCE.write_text(json.dumps({"spec": SCENES, "models": values}, indent=2) + "\n")
     print(json.dumps(values, indent=2))
 
 

@@ -341,7 +341,8 @@ def test_metrics_log_and_plots(straight_run):
 
 
 def test_exported_checkpoints_load_with_the_project_loader(straight_run):
-    from mmseg_ros.nn.checkpoint import load_checkpoint, read_checkpoint
+    from mmseg_ros.nn.build import load_checkpoint
+    from mmseg_ros.nn.checkpoint import read_checkpoint
 
     _, run_dir = straight_run
     state = checkpoints.load_state(run_dir / checkpoints.LATEST)

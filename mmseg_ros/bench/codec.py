@@ -51,7 +51,8 @@ def main(args) -> int:
     import numpy as np
 
     from .. import msgs
-    from .timing import markdown_table, median_ms, time_call
+    from ..reporting import markdown_table, median_ms
+    from .timing import time_call
 
     rng = np.random.default_rng(0)
     real = msgs.ros_messages_available()

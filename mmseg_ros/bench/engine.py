@@ -32,7 +32,7 @@ def main(args) -> int:
     from .. import cards
     from ..data.synthetic import SceneGenerator
     from ..engine import Segmenter
-    from .timing import markdown_table, median_ms
+    from ..reporting import markdown_table, median_ms
 
     torch.set_num_threads(args.threads)
     frame = SceneGenerator(seed=0, size=args.camera_size, condition="sun").render_frame(0)

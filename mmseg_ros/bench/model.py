@@ -17,6 +17,8 @@ from __future__ import annotations
 import os
 import sys
 
+from .. import precision as precisions
+
 DEFAULT_CARDS = ["test_tiny_mle_sam", "test_tiny_memory_sam", "mle_sam_hiera_t", "memory_sam_hiera_t"]
 
 
@@ -27,7 +29,7 @@ def configure(parser) -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs per cell")
     parser.add_argument("--batch", type=int, default=1, help="samples per forward")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+    parser.add_argument("--precision", default="fp32", choices=precisions.NAMES,
                         help="autocast dtype (half precisions on CUDA only)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--no-loop", action="store_true", help="skip the batched-vs-looped experts comparison")
@@ -45,7 +47,8 @@ def main(args) -> int:
     from ..errors import MMSegError
     from ..nn.build import build_model
     from ..nn.sam2_backbone import build_sam2
-    from .timing import autocast, markdown_table
+    from ..reporting import markdown_table
+    from .timing import autocast
 
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -69,12 +72,12 @@ def main(args) -> int:
                 subset = {m: images[m] for m in card.modalities[:n]}
                 stacked = torch.cat(list(subset.values()))
 
-                def forward(subset=subset):
+                def forward(subset=subset, model=model):
                     with torch.inference_mode(), autocast(device, args.precision):
                         model(subset)
                     sync()
 
-                def encoder(stacked=stacked):
+                def encoder(stacked=stacked, bare=bare):
                     with torch.inference_mode(), autocast(device, args.precision):
                         bare(stacked)
                     sync()
@@ -139,7 +142,8 @@ def _batched_vs_looped(model, images, args, sync, torch):
 
 def _alternating(calls, repeat: int, warmup: int):
     """Median ms per named call, timed in turn (all warmed up first) so every call sees the same machine load."""
-    from .timing import median_ms, time_call
+    from ..reporting import median_ms
+    from .timing import time_call
 
     for fn in calls.values():
         for _ in range(warmup):

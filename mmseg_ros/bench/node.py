@@ -8,14 +8,14 @@ Two processes, both real rclpy over the shipped Fast DDS shared-memory profile:
   * this process receives them (sensor-data reliability, a deep history so a busy core does not count as transport
     loss): transport of a set = arrival of its last image in the subscriber callback - the set's stamp (serialise,
     SHM hand-over, deserialise into Python messages, executor wake-up).
-Then, per complete set, it times the node's own stages by calling the functions segment_node calls, in its order
-(mmseg_ros/node.py, SegmentPipeline._on_image/_process): decode (node_core.decode_input), sync
-(Synchronizer.add with the node's default settings, fed the recorded arrival times), preprocess
-(Segmenter.preprocess: unit scaling, resize to the card's input, normalisation, tensors), postprocess
-(Segmenter.postprocess on logits of the card's shape: upsampling to the image size, softmax, argmax), encode
-(labels, confidence, palette overlay -> Images) and publish (the three outputs with the node's output QoS to the
-peer). The forward itself is excluded; `--forward` runs it once for real logits and shows its time for scale. Stage
-times are per set (all inputs); the node overhead is their per-set sum. The first set of each size is a warm-up.
+Then, per complete set, it runs the node's own pipeline (mmseg_ros.pipeline.Pipeline, the object segment_node's
+callbacks and worker drive) with the node's default settings, fed the recorded arrival times, and times its stages:
+decode (Pipeline.decode: encoding, validity and size checks), sync (Pipeline.offer: stamp order and the
+synchronizer, plus the set's anchor-first size checks), preprocess and postprocess (the engine's stages inside
+Pipeline.process: unit scaling, resize to the card's input, normalisation; upsampling to the image size, softmax,
+argmax), encode (the palette overlay and the output Images) and publish (the three outputs with the node's output QoS
+to the peer). The forward runs for real on every set and is reported beside, not in, the node overhead. Stage times
+are per set (all inputs); the node overhead is their per-set sum. The first set of each size is a warm-up.
 """
 from __future__ import annotations
 
@@ -38,8 +38,7 @@ def configure(parser):
     parser.add_argument("--rate", type=float, default=4.0, help="sets per second sent by the publisher (default 4)")
     parser.add_argument("--card", default=None, help="model card (default: the node's default card)")
     parser.add_argument("--forward", action="store_true",
-                        help="run the model (after a warm-up) for real logits and show its time (default: random "
-                             "logits)")
+                        help="kept for old command lines: the forward now always runs and has its own column")
     parser.add_argument("--role", default="bench", choices=("bench", ROLE_PUBLISHER), help="internal: process role")
     parser.add_argument("--timeout", type=float, default=120.0, help="give up after this many seconds")
 
@@ -53,7 +52,7 @@ def _emit(event: str, **fields) -> None:
 
 
 def _card_name(args) -> str:
-    from .. import node_config
+    from ..pipeline import config as node_config
 
     return args.card or node_config.parameter("model.card").default
 
@@ -68,7 +67,7 @@ def _input_arrays(card, size: int) -> dict:
     from ..data.synthetic.encode import metres
     from ..data.synthetic.generator import SceneGenerator
     from ..errors import ConfigError
-    from ..sensors import ENCODINGS, METRIC
+    from ..data.synthetic.schedule import ENCODINGS, METRIC
 
     frame = SceneGenerator(0, SOURCE_SIZE).render_frame(0)
     out = {}
@@ -135,87 +134,53 @@ def _publisher(args) -> int:
 
 
 class NodeStages:
-    """The work segment_node does on one set, stage by stage, with its default parameters and output QoS."""
+    """The node's pipeline on one set, stage by stage, with the node's default parameters and output QoS."""
 
     def __init__(self, node, card_name: str):
-        import torch
         from rclpy.qos import QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import Image
 
         from ..engine import Segmenter
-        from ..node_config import NodeConfig
-        from ..sync import SyncConfig, Synchronizer
+        from ..pipeline import NodeConfig, Pipeline
 
         self.config = cfg = NodeConfig.from_values({"model.card": card_name})
-        self.segmenter = Segmenter(cfg.card, checkpoint=cfg.checkpoint, device="auto", precision=cfg.precision)
-        self.sync = Synchronizer(SyncConfig.from_seconds(
-            cfg.modalities, anchor=cfg.anchor, fallback=cfg.fallback, slop=cfg.slop, max_wait=cfg.max_wait,
-            silence_timeout=cfg.anchor_timeout, min_modalities=cfg.min_modalities))
+        segmenter = Segmenter(cfg.card, checkpoint=cfg.checkpoint, device="auto", precision=cfg.precision)
+        self.pipeline = Pipeline(cfg, segmenter)
         qos = QoSProfile(depth=cfg.output_depth, reliability=ReliabilityPolicy.RELIABLE)
         self.publishers = {name: node.create_publisher(Image, _topic(f"out/{name}"), qos) for name in OUTPUTS}
-        self.logits = None
-        self.forward_ms = None
-        self._torch = torch
-
-    def prepare_logits(self, images: dict, size, forward: bool) -> None:
-        """Logits for postprocess: the model's own from one forward (timed, for scale) when `forward`, else random
-        ones of the card's shape (K classes at the model input size; postprocess costs the same for any values)."""
-        torch = self._torch
-        if not forward:
-            card = self.config.card
-            self.logits = torch.randn(1, card.num_classes, *card.input_size, device=self.segmenter.device)
-            return
-        _, inputs, _ = self.segmenter.preprocess(images, size)
-        with torch.inference_mode():
-            self.segmenter.model(inputs)  # warm-up, as the node does when it is configured
-            start = time.perf_counter()
-            self.logits = self.segmenter.model(inputs)["logits"]
-            self.forward_ms = 1e3 * (time.perf_counter() - start)
 
     def run(self, messages: dict) -> dict:
         """Stage times (s) for one set {modality: (received Image, arrival ns)} in arrival order; the arrival times
-        are the synchronizer's clock, as in the node. None when the synchronizer did not emit the set whole (its
-        first set: inputs it has not heard from yet count as missing)."""
-        from .. import msgs, node_core
-        from ..node import Frame
-        from ..node_config import CAMERA
-        from ..sync import stamp_to_ns
+        are the pipeline's clock, as in the node. None when the synchronizer did not emit the set whole (its first
+        set: inputs it has not heard from yet count as missing)."""
+        from ..pipeline import outputs
 
-        cfg, clock = self.config, time.perf_counter
+        pipeline, clock = self.pipeline, time.perf_counter
         t0 = clock()
-        frames = {name: (stamp_to_ns(m.header.stamp), Frame(m.header, image=node_core.decode_input(name, m)), arrival)
-                  for name, (m, arrival) in messages.items()}
+        items = {name: (pipeline.decode(name, m, arrival), arrival) for name, (m, arrival) in messages.items()}
         t1 = clock()
         ready = []
-        for name, (stamp, frame, arrival) in frames.items():
-            ready += self.sync.add(name, stamp, frame, arrival)
+        for name, (item, arrival) in items.items():
+            if item is None:
+                raise RuntimeError(f"the pipeline rejected the {name} image: {pipeline.health.get(name).last_error}")
+            ready += pipeline.offer(name, item, arrival)
         t2 = clock()
         whole = [s for s in ready if len(s.messages) == len(messages)]
         if not whole:
             return None
-        sset = whole[-1]
-        anchor = sset.messages[sset.anchor].payload
-        images = {name: m.payload.image for name, m in sset.messages.items()}
-        size = node_core.size_of(anchor.image)
-        for name, image in images.items():  # the node rejects inputs whose size differs from the anchor's
-            if node_core.size_mismatch(name, image, sset.anchor, size):
-                raise RuntimeError(f"{name} differs in size from the anchor")
+        output = pipeline.process(whole[-1], max(arrival for _, arrival in items.values()))
+        if output is None or len(output.used) != len(messages):
+            raise RuntimeError(f"the pipeline did not segment the whole set: missing {output and output.missing}")
         t3 = clock()
-        self.segmenter.preprocess(images, size)
+        out = outputs.to_messages(output, self.config)
         t4 = clock()
-        labels, confidence = self.segmenter.postprocess(self.logits, size)
-        t5 = clock()
-        header = anchor.header
-        out = {"labels": msgs.labels_to_image(labels, cfg.card.num_classes, header),
-               "confidence": msgs.confidence_to_image(confidence, header)}
-        color = node_core.overlay(cfg.card.class_set.colorize(labels), images.get(CAMERA), cfg.color_alpha)
-        out["color"] = msgs.color_to_image(color, header)
-        t6 = clock()
         for name, msg in out.items():
             self.publishers[name].publish(msg)
-        t7 = clock()
-        return {"decode": t1 - t0, "sync": t2 - t1 + t3 - t2, "preprocess": t4 - t3, "postprocess": t5 - t4,
-                "encode": t6 - t5, "publish": t7 - t6}
+        t5 = clock()
+        ms = output.timing
+        return {"decode": t1 - t0, "sync": t2 - t1 + ms["checks"] / 1e3, "preprocess": ms["preprocess"] / 1e3,
+                "postprocess": ms["postprocess"] / 1e3, "encode": ms["overlay"] / 1e3 + t4 - t3, "publish": t5 - t4,
+                "forward": ms["forward"] / 1e3}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -243,7 +208,7 @@ def _bench(args) -> int:
     from rclpy.qos import QoSProfile, qos_profile_sensor_data
     from sensor_msgs.msg import Image
 
-    from ..rosutil import SpinThread
+    from ..ros.spin import SpinThread
 
     card = cards.load(_card_name(args))
     arrivals = []  # (modality, message, arrival ns)
@@ -279,14 +244,11 @@ def _bench(args) -> int:
             group = [s for s in sets if s["size"] == size]
             if not group:
                 raise ConfigError(f"bench node: no complete set of {size} px arrived ({line})")
-            if stages.logits is None:  # the model input size does not depend on the image size
-                stages.prepare_logits({n: _image(m) for n, (m, _) in group[0]["messages"].items()}, (size, size),
-                                      args.forward)
             stages.run(group[0]["messages"])  # warm-up (first allocations at this size; the synchronizer's first set)
             timings = [t for t in (stages.run(s["messages"]) for s in group[1:]) if t is not None]
             if not timings:
                 raise ConfigError(f"bench node: the synchronizer emitted no whole set of {size} px")
-            rows.append(_row(size, len(card.modalities), group, timings, args.sets, stages.forward_ms))
+            rows.append(_row(size, len(card.modalities), group, timings, args.sets))
         peer.stdin.write("stop\n")
         peer.stdin.flush()
         outputs = _read_event(peer, "outputs", 20)
@@ -299,12 +261,6 @@ def _bench(args) -> int:
                 peer.kill()
     _print_table(rows, card, outputs)
     return 0
-
-
-def _image(msg):
-    from .. import msgs
-
-    return msgs.image_for_model(msg)
 
 
 def _read_event(peer, event: str, timeout: float) -> dict:
@@ -340,29 +296,29 @@ def _complete_sets(arrivals, names) -> list:
     return sets
 
 
-def _row(size, inputs, group, timings, sent, forward_ms) -> list:
-    from .timing import median_ms, percentile
+def _row(size, inputs, group, timings, sent) -> list:
+    from ..reporting import median_ms, percentile
 
     transport = [s["transport"] for s in group]
-    overhead = [sum(t.values()) for t in timings]
-    row = [f"{size}x{size}", inputs, f"{len(group)}/{sent}", median_ms(transport), 1e3 * percentile(transport, 95),
-           *(median_ms([t[stage] for t in timings]) for stage in STAGES),
-           median_ms(overhead), 1e3 * percentile(overhead, 95)]
-    return row + ([forward_ms] if forward_ms is not None else [])
+    overhead = [sum(t[stage] for stage in STAGES) for t in timings]
+    return [f"{size}x{size}", inputs, f"{len(group)}/{sent}", median_ms(transport), 1e3 * percentile(transport, 95),
+            *(median_ms([t[stage] for t in timings]) for stage in STAGES),
+            median_ms(overhead), 1e3 * percentile(overhead, 95), median_ms(overhead) / median_ms(transport),
+            median_ms([t["forward"] for t in timings])]
 
 
 def _print_table(rows, card, outputs) -> None:
     import torch
 
-    from .timing import markdown_table
+    from ..reporting import markdown_table
 
     header = ["size", "inputs", "sets", "DDS transport p50 ms", "p95", *(f"{s} p50" for s in STAGES),
-              "node overhead p50 ms", "p95"] + (["forward ms (excluded, 1 run)"] if len(rows[0]) > 13 else [])
+              "node overhead p50 ms", "p95", "overhead / transport", "forward p50 ms (excluded)"]
     print(markdown_table(header, rows))
     print(f"\nCard {card.name} ({card.num_classes} classes, model input {card.input_size[0]} px), torch threads "
           f"{torch.get_num_threads()}, device cpu unless CUDA. Transport: one set of all inputs from the publisher "
           "process (stamp at the start of the set) to the last image's arrival in this process' callback, shipped "
           "SHM profile; it includes rclpy's conversion into Python messages, which the node process pays too. "
-          "Node overhead: per-set sum of the node's stages called directly (the functions segment_node "
-          "calls), medians over the sets; the forward is excluded. Outputs received by the peer: "
+          "Node overhead: per-set sum of the pipeline's stages (the Pipeline segment_node drives), medians over "
+          "the sets; the forward is excluded. Outputs received by the peer: "
           f"{outputs.get('received')}.")

@@ -1,9 +1,9 @@
 """`mmseg bench soak`: segment_node for minutes against `mmseg sensors` at twice the nominal rate, with random
 drop-outs of every sensor; prints a table of memory, latency and drop figures.
 
-Three processes over real DDS: the node (`python -m mmseg_ros.node`), the synthetic sensors (`python -m
-mmseg_ros.sensors --rate-scale R --drop ...`, a drop schedule drawn from `--seed`) and this one, which listens to the
-node's labels (stamp-to-receive latency of every output, on the system clock that stamps and arrivals share) and
+Three processes over real DDS: the node (`python -m mmseg_ros.ros.node`), the synthetic sensors (`python -m
+mmseg_ros.ros.sensors --rate-scale R --drop ...`, a drop schedule drawn from `--seed`) and this one, which listens to
+the node's labels (stamp-to-receive latency of every output, on the system clock that stamps and arrivals share) and
 /diagnostics, and samples the node's VmRSS from /proc every second. Time 0 is the sensors' first scheduled stamp; the
 first `--warmup` seconds are excluded (model warm-up, DDS discovery, allocator growth); "first" and "last" are the
 first and last `--window` seconds after it.
@@ -14,8 +14,8 @@ first and last `--window` seconds after it.
 Checks (`SoakResult.failures`, also printed): the node ran to the end and exited 0 without a traceback; VmRSS grew
 less than `--max-rss-growth-mb` after warm-up (the largest sample after warm-up minus the median of the last 5 s of
 warm-up); the latency p95 of the last window is at most `--p95-factor` x the first + P95_SLACK_MS (own measurement
-and the node's latency_p95_ms); outputs never stopped for longer than `--max-gap` s; every set the synchronizer emitted is
-accounted for (published, superseded or below min) and every sensor was reported missing during its drop-outs.
+and the node's latency_p95_ms); outputs never stopped for longer than `--max-gap` s; every set the synchronizer emitted
+is accounted for (published, superseded or below min) and every sensor was reported missing during its drop-outs.
 """
 from __future__ import annotations
 
@@ -144,13 +144,13 @@ class SoakResult:
     drops: List[Tuple[str, float, float]]
 
     def table(self) -> str:
-        from .timing import markdown_table
+        from ..reporting import markdown_table
 
         return markdown_table(["metric", "first window", "last window", "run"], [list(r) for r in self.rows])
 
 
 def _p95(values: List[float]) -> float:
-    from .timing import percentile
+    from ..reporting import percentile
 
     return float(percentile(values, 95)) if values else float("nan")
 
@@ -167,7 +167,9 @@ def run_soak(minutes: float = 10.0, rate_scale: float = 2.0, seed: int = 0, card
              p95_factor: float = 2.0, max_gap: float = 5.0, log_dir: Optional[Path] = None,
              progress=None) -> SoakResult:
     """Run the soak and evaluate it; see the module docstring."""
-    from .. import dds, node_config, resources
+    from .. import resources
+    from ..pipeline import config as node_config
+    from ..ros import dds
 
     duration = minutes * 60.0
     if warmup + 2 * window > duration:
@@ -186,7 +188,7 @@ def run_soak(minutes: float = 10.0, rate_scale: float = 2.0, seed: int = 0, card
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
 
-    from ..rosutil import SpinThread
+    from ..ros.spin import SpinThread
 
     rec = Recorder()
     context = rclpy.Context()
@@ -220,10 +222,10 @@ def run_soak(minutes: float = 10.0, rate_scale: float = 2.0, seed: int = 0, card
 
     python = sys.executable
     node_log, sensors_log = log_dir / "node.log", log_dir / "sensors.log"
-    node_cmd = [python, "-m", "mmseg_ros.node", "--ros-args", "-r", f"__ns:={NAMESPACE}",
+    node_cmd = [python, "-m", "mmseg_ros.ros.node", "--ros-args", "-r", f"__ns:={NAMESPACE}",
                 "--params-file", str(resources.resolve("config/segment.yaml")), "-p", f"model.card:={card}",
                 "-p", f"model.cpu_threads:={cpu_threads}", "-p", f"diagnostics.period:={DIAGNOSTICS_PERIOD_S}"]
-    sensors_cmd = [python, "-m", "mmseg_ros.sensors", "--size", str(size), "--rate-scale", str(rate_scale),
+    sensors_cmd = [python, "-m", "mmseg_ros.ros.sensors", "--size", str(size), "--rate-scale", str(rate_scale),
                    "--seed", str(seed), "--duration", str(duration), "--frames", "8",
                    *(x for sensor, a, b in drops for x in ("--drop", f"{sensor}@{a:g}-{b:g}")),
                    "--ros-args", "-r", f"__ns:={NAMESPACE}"]
@@ -391,7 +393,8 @@ def _evaluate(rec: Recorder, settings, drops, duration, warmup, window, max_rss_
     rows.append(("verdict", "", "", "PASS" if not failures else "FAIL: " + "; ".join(failures)))
     values = {"rss_growth_mb": growth, "rss_baseline_mb": baseline, "own_p95_first_ms": own_p95[0],
               "own_p95_last_ms": own_p95[1], "node_p95_first_ms": node_p95[0], "node_p95_last_ms": node_p95[1],
-              "longest_gap_s": longest_gap, "outputs": float(len(rec.outputs)), **{k: float(v) for k, v in count.items()}}
+              "longest_gap_s": longest_gap, "outputs": float(len(rec.outputs)),
+              **{k: float(v) for k, v in count.items()}}
     return SoakResult(settings, rows, values, failures, drops)
 
 

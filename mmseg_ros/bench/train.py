@@ -16,6 +16,8 @@ from __future__ import annotations
 import os
 import sys
 
+from .. import precision as precisions
+
 DEFAULT_CARDS = ["test_tiny_mle_sam", "default"]
 
 
@@ -28,7 +30,7 @@ def configure(parser) -> None:
     parser.add_argument("--repeat", type=int, default=5, help="timed steps per cell (median reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per cell")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+    parser.add_argument("--precision", default="fp32", choices=precisions.NAMES,
                         help="autocast dtype as the trainer's train.amp (half precisions on CUDA only; fp16 with a "
                              "grad scaler)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -44,7 +46,8 @@ def main(args) -> int:
     from ..engine import resolve_device
     from ..errors import ConfigError
     from ..nn.build import build_model
-    from .timing import autocast, markdown_table, median_ms
+    from ..reporting import markdown_table, median_ms
+    from .timing import autocast
 
     _check(args, ConfigError)
     torch.set_num_threads(args.threads)

@@ -89,7 +89,8 @@ class MCubeS(common.RawFrameDataset):
         for modality in self.modalities:
             array = self._read(modality, index)
             if array.shape[:2] != raw_label.shape:
-                raise DataError(f"MCubeS {self.frames[index]}: {modality} is {array.shape[:2]}, label {raw_label.shape}")
+                raise DataError(f"MCubeS {self.frames[index]}: {modality} is {array.shape[:2]}, "
+                                f"label {raw_label.shape}")
             inputs[modality] = self._crop(array, f"{modality} of {self.frames[index]}")
         if self.mask_invalid_nir:
             mask_path = self._file(NIR_MASK_FOLDER, index, ".png")

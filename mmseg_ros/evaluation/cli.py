@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from .. import precision as precisions
 from ..errors import ConfigError
 
 SYNTHETIC = "synthetic:"
@@ -44,7 +45,7 @@ def configure(parser) -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--workers", type=int, default=0, help="DataLoader (and scene rendering) worker processes")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="autocast on CUDA")
+    parser.add_argument("--precision", default="fp32", choices=precisions.NAMES, help="autocast on CUDA")
     parser.add_argument("--seed", type=int, default=0, help="noise seed")
     parser.add_argument("--max-samples", type=int, default=None, help="evaluate only the first N samples")
     parser.add_argument("--no-progress", action="store_true")
@@ -147,14 +148,9 @@ def open_dataset(data: str, dataset: str, split: str, card, size, options, cache
         return synthetic_source.open_dataset(data[len(SYNTHETIC):], split, card.modalities, transform,
                                              default_size=size[0], cache=cache, workers=max(1, workers),
                                              **options), data
-    from ..training.build import LOADERS
+    from ..data import registry
 
-    if dataset not in LOADERS:
-        raise ConfigError(f"--dataset must be one of {list(LOADERS)}, got {dataset!r}")
-    import importlib
-
-    module, attribute = LOADERS[dataset]
-    factory = getattr(importlib.import_module(module), attribute)
+    factory = registry.factory(dataset, "--dataset", allow_import_path=False)
     try:
         return factory(data, split=split, modalities=card.modalities, transform=transform, **options), data
     except TypeError as exc:

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import modalities as modality_registry
+from .. import precision as precisions
 from ..errors import ConfigError, DataError
 from . import noise as noise_lib
 from .metrics import ConfusionMatrix
@@ -32,7 +33,6 @@ from .subsets import modality_subsets
 
 ALL = "all"  # the group holding every sample
 UNIT_NORMALIZATION = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # (x - 0) / 1: leaves the unit image exactly as it is
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def unit_pipeline(size, modalities: Iterable[str]):
@@ -117,11 +117,9 @@ class Predictor:
 
     def __init__(self, model: torch.nn.Module, normalization: Mapping[str, Tuple[Sequence[float], Sequence[float]]],
                  device="cpu", precision: str = "fp32"):
-        if precision not in PRECISIONS:
-            raise ConfigError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+        self.precision = precisions.check(precision)
         self.model = model
         self.device = torch.device(device)
-        self.autocast_dtype = PRECISIONS[precision] if self.device.type == "cuda" else None
         self.stats = {m: (torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1),
                           torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1))
                       for m, (mean, std) in normalization.items()}
@@ -132,7 +130,7 @@ class Predictor:
         for name, unit in unit_inputs.items():
             mean, std = self.stats[name]
             inputs[name] = (unit.to(self.device, non_blocking=True) - mean) / std
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+        with precisions.autocast(self.device, self.precision):
             logits = self.model(inputs)["logits"]
         if tuple(logits.shape[-2:]) != tuple(out_size):
             logits = F.interpolate(logits.float(), size=tuple(out_size), mode="bilinear", align_corners=False)

@@ -23,6 +23,7 @@ import json
 import math
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
+from .. import reporting
 from ..atomic import atomic_open
 from .metrics import NAN_POLICY, ConfusionMatrix
 
@@ -117,11 +118,8 @@ def _num(value, digits: int = 2) -> str:
 
 
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]], align_first_left: bool = True) -> str:
-    rows = [list(map(str, r)) for r in rows]
-    lines = ["| " + " | ".join(header) + " |",
-             "|" + "|".join(":---" if (i == 0 and align_first_left) else "---:" for i in range(len(header))) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
+    """Paper-style table: cells as str() gives them, numeric columns right-aligned."""
+    return reporting.markdown_table(header, ([str(v) for v in row] for row in rows), align_first_left)
 
 
 def summary_table(report: Mapping) -> str:

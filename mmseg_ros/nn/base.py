@@ -46,7 +46,8 @@ class MultiModalSegmenter(nn.Module):
         first = tensors[0].shape
         for name, t in zip(names, tensors):
             if t.shape != first:
-                raise ConfigError(f"{self.card.name}: input {name!r} has shape {tuple(t.shape)}, {names[0]!r} has {tuple(first)}")
+                raise ConfigError(f"{self.card.name}: input {name!r} has shape {tuple(t.shape)}, "
+                                  f"{names[0]!r} has {tuple(first)}")
         batch, _, height, width = first
         if height % 32 or width % 32:
             raise ConfigError(f"{self.card.name}: input size {height}x{width} must be a multiple of 32 "

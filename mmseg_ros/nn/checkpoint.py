@@ -18,7 +18,6 @@ from typing import Any, Dict, Mapping, Optional
 
 import torch
 
-from .. import cards
 from ..atomic import torch_save
 from ..errors import CheckpointError, ConfigError
 from .sam2_backbone import check_state_matches, load_torch_file
@@ -76,7 +75,8 @@ def read_checkpoint(path) -> Dict[str, Any]:
         hint = " (an official SAM2 checkpoint belongs in the card's sam2.checkpoint)" if official else ""
         raise CheckpointError(f"{path} is not an mmseg_ros checkpoint{hint}")
     if data.get("version") != VERSION:
-        raise CheckpointError(f"{path}: checkpoint format version {data.get('version')!r}, this mmseg_ros reads {VERSION}")
+        raise CheckpointError(f"{path}: checkpoint format version {data.get('version')!r}, "
+                              f"this mmseg_ros reads {VERSION}")
     missing = [key for key in REQUIRED_KEYS if key not in data]
     if missing:
         raise CheckpointError(f"{path}: damaged mmseg_ros checkpoint, missing {missing}")
@@ -116,7 +116,8 @@ def load_trained_state(model, checkpoint) -> Dict[str, Any]:
     elif model.card.sam2_checkpoint is None:
         raise CheckpointError(
             f"{ckpt.get('path', 'checkpoint')} holds only trained tensors and needs the official SAM2 weights it was "
-            f"trained on ({ckpt['card']['sam2'].get('checkpoint')}), but card {model.card.name!r} names no sam2.checkpoint")
+            f"trained on ({ckpt['card']['sam2'].get('checkpoint')}), "
+            f"but card {model.card.name!r} names no sam2.checkpoint")
     else:
         expected = model.trainable_state_dict()
     # Strict on exactly the trained tensors: anything else would silently mix trained and fresh weights.
@@ -124,18 +125,6 @@ def load_trained_state(model, checkpoint) -> Dict[str, Any]:
                         hint="saved from another model version or trainable setting?")
     model.load_state_dict(state, strict=False)
     return dict(ckpt.get("meta") or {})
-
-
-def load_checkpoint(path, card=None):
-    """Build the model for `card` (default: the card stored in the checkpoint) and load the checkpoint into it."""
-    from .build import as_card, build_model
-
-    ckpt = read_checkpoint(path)
-    if card is None:
-        card = cards.from_dict(ckpt["card"], source=f"{path} (stored card)")
-    model = build_model(as_card(card))
-    load_trained_state(model, ckpt)
-    return model
 
 
 def _show(value) -> str:

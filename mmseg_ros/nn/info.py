@@ -6,7 +6,7 @@ figure), the trainable total is compared with it.
 """
 from __future__ import annotations
 
-from ..bench.timing import markdown_table
+from ..reporting import markdown_table
 from ..cards import TRAINABLE_SETTINGS
 
 MILLION = 1e6
@@ -39,7 +39,8 @@ def report(model) -> str:
     rows.append(("**total**", _m(totals["total"]), _m(totals["frozen"]), _m(totals["trainable"])))
     lines = [
         f"{card.name}: {card.architecture} on {card.sam2_config}, {'-'.join(m[0].upper() for m in card.modalities)} "
-        f"({', '.join(card.modalities)}), {card.num_classes} classes ({card.class_set.name}), input {card.input_size[0]}x"
+        f"({', '.join(card.modalities)}), {card.num_classes} classes ({card.class_set.name}), "
+        f"input {card.input_size[0]}x"
         f"{card.input_size[1]}, LoRA rank {card.lora_rank}, trainable setting '{card.trainable}'",
         "",
         markdown_table(["component", "total (M)", "frozen (M)", "trainable (M)"], rows),
@@ -54,7 +55,8 @@ def report(model) -> str:
     if reference:
         ours = totals["trainable"] / MILLION
         lines.append(f"reference: {reference:.2f} M trainable ({card.reference.get('source', 'published')}); "
-                     f"this build: {ours:.2f} M ({ours - reference:+.2f} M, {ours / reference:.2f}x) - see docs/models.md")
+                     f"this build: {ours:.2f} M ({ours - reference:+.2f} M, {ours / reference:.2f}x) "
+                     "- see docs/models.md")
     return "\n".join(lines)
 
 

@@ -126,7 +126,8 @@ class LoRAQKV(nn.Linear):
         return merged
 
 
-def apply_lora(trunk: nn.Module, rank: int, alpha: float, dropout: float = 0.0, num_experts: int = 1) -> ExpertSelection:
+def apply_lora(trunk: nn.Module, rank: int, alpha: float, dropout: float = 0.0,
+               num_experts: int = 1) -> ExpertSelection:
     """Wrap `attn.qkv` of every Hiera block of `trunk` in place; returns the trunk's expert selection handle."""
     if rank < 1 or num_experts < 1:
         raise ConfigError(f"LoRA needs rank >= 1 and num_experts >= 1, got rank={rank}, num_experts={num_experts}")

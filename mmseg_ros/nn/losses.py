@@ -45,7 +45,8 @@ def weighted_ohem(named_logits: Mapping[str, torch.Tensor], weights: Sequence[fl
                   thresh: float = 0.7) -> Tuple[torch.Tensor, Dict[str, float]]:
     """sum_j w_j * OHEM(S_j, L) (Eq. 14); returns the total and each term's value by name."""
     if len(weights) != len(named_logits):
-        raise ConfigError(f"loss.weights has {len(weights)} entries for {len(named_logits)} outputs {list(named_logits)}")
+        raise ConfigError(f"loss.weights has {len(weights)} entries for {len(named_logits)} outputs "
+                          f"{list(named_logits)}")
     total, parts = None, {}
     for (name, logits), w in zip(named_logits.items(), weights):
         term = ohem_cross_entropy(logits, target, thresh)

@@ -78,7 +78,8 @@ class MemorySAM(MultiModalSegmenter):
         if sam.num_maskmem < 1:
             raise ConfigError(f"{where}: MemorySAM needs SAM2's memory (num_maskmem >= 1), got {sam.num_maskmem}")
         if sam.image_size != card.input_size[0]:
-            raise ConfigError(f"{where}: SAM2 image_size {sam.image_size} differs from input_size {list(card.input_size)}")
+            raise ConfigError(f"{where}: SAM2 image_size {sam.image_size} differs from input_size "
+                              f"{list(card.input_size)}")
         # LoRA sits inside SAM2's own trunk, so SAM2Base.forward_image encodes with the shared adapter.
         apply_lora(sam.image_encoder.trunk, card.lora_rank, card.lora_alpha, card.lora_dropout, num_experts=1)
         resize_class_tokens(sam.sam_mask_decoder, self.num_classes)
@@ -212,9 +213,11 @@ class MemorySAM(MultiModalSegmenter):
     def trainable_parameters(self, setting: str) -> Iterable[nn.Parameter]:
         sam = self.sam
         decoder = sam.sam_mask_decoder
-        quality = {id(p) for head in QUALITY_HEADS if hasattr(decoder, head) for p in getattr(decoder, head).parameters()}
+        quality = {id(p) for head in QUALITY_HEADS if hasattr(decoder, head)
+                   for p in getattr(decoder, head).parameters()}
         if setting == "paper":
-            embeddings = chain.from_iterable(_parameters_of(getattr(sam, n)) for n in MEMORY_EMBEDDINGS if hasattr(sam, n))
+            embeddings = chain.from_iterable(_parameters_of(getattr(sam, n))
+                                             for n in MEMORY_EMBEDDINGS if hasattr(sam, n))
             return chain(
                 lora_parameters(sam.image_encoder),
                 (p for p in decoder.parameters() if id(p) not in quality),
@@ -238,7 +241,8 @@ class MemorySAM(MultiModalSegmenter):
             ("decoder_quality_heads", tuple(f"{decoder}.{h}" for h in QUALITY_HEADS)),
             ("mask_decoder", (decoder,)),
             ("prompt_encoder", ("sam.sam_prompt_encoder",)),
-            ("object_pointer", ("sam.obj_ptr_proj", "sam.no_obj_ptr", "sam.no_obj_embed_spatial", "sam.mask_downsample")),
+            ("object_pointer", ("sam.obj_ptr_proj", "sam.no_obj_ptr", "sam.no_obj_embed_spatial",
+                                "sam.mask_downsample")),
         ))
 
 

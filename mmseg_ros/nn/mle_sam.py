@@ -53,7 +53,8 @@ class MLESAM(MultiModalSegmenter):
         _validate(self.options, self.loss_options, where)
 
         sam = sam2_model if sam2_model is not None else build_sam2(card)
-        if getattr(sam.image_encoder, "scalp", None) != 1 or len(sam.image_encoder.neck.backbone_channel_list) != FPN_LEVELS + 1:
+        levels = len(sam.image_encoder.neck.backbone_channel_list)
+        if getattr(sam.image_encoder, "scalp", None) != 1 or levels != FPN_LEVELS + 1:
             raise ConfigError(f"{where}: MLE-SAM needs SAM2's 4-stage Hiera with scalp 1 (3 FPN levels)")
         # Only the image encoder and the decoder parts are kept; SAM2's memory modules are not part of MLE-SAM.
         self.backbone = SAM2Backbone.from_card(sam, card, num_experts=len(self.modalities))
@@ -64,7 +65,8 @@ class MLESAM(MultiModalSegmenter):
         self.fusion = nn.ModuleDict(
             {lvl: ModalityFusion(dims[lvl], self.options["top_k"], self.options["combine"]) for lvl in LEVELS}
         )
-        self.aux_head = AuxiliaryHead([dims[lvl] for lvl in LEVELS], ffp_dim, self.num_classes, self.options["aux_dropout"])
+        self.aux_head = AuxiliaryHead([dims[lvl] for lvl in LEVELS], ffp_dim, self.num_classes,
+                                      self.options["aux_dropout"])
         self.apply_trainable()
 
     # -- forward --------------------------------------------------------------------------------------------------
@@ -121,8 +123,8 @@ class MLESAM(MultiModalSegmenter):
     def trainable_parameters(self, setting: str) -> Iterable[nn.Parameter]:
         decoder = self.decoder
         heads = chain(
-            decoder.class_tokens.parameters(), decoder.hypernetworks.parameters(), decoder.output_upscaling.parameters(),
-            decoder.conv_s0.parameters(), decoder.conv_s1.parameters(),
+            decoder.class_tokens.parameters(), decoder.hypernetworks.parameters(),
+            decoder.output_upscaling.parameters(), decoder.conv_s0.parameters(), decoder.conv_s1.parameters(),
             self.fusion.parameters(), self.aux_head.parameters(), lora_parameters(self.backbone),
         )
         if self.options["train_decoder_transformer"]:
@@ -130,7 +132,8 @@ class MLESAM(MultiModalSegmenter):
         if setting == "paper":
             return heads
         if setting == "from_scratch":
-            return chain(heads, self.backbone.parameters(), decoder.transformer.parameters(), decoder.no_mask_embed.parameters())
+            return chain(heads, self.backbone.parameters(), decoder.transformer.parameters(),
+                         decoder.no_mask_embed.parameters())
         raise ConfigError(f"card {self.card.name!r}: unknown trainable setting {setting!r}")
 
     def component_prefixes(self):
@@ -155,7 +158,8 @@ def _validate(options, loss_options, where: str) -> None:
     if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
         raise ConfigError(f"{where}: 'mle_sam.top_k' must be an integer >= 1, got {top_k!r}")
     if options["combine"] not in COMBINE_MODES:
-        raise ConfigError(f"{where}: 'mle_sam.combine' must be one of {list(COMBINE_MODES)}, got {options['combine']!r}")
+        raise ConfigError(f"{where}: 'mle_sam.combine' must be one of {list(COMBINE_MODES)}, "
+                          f"got {options['combine']!r}")
     if options["output"] not in OUTPUTS:
         raise ConfigError(f"{where}: 'mle_sam.output' must be one of {list(OUTPUTS)}, got {options['output']!r}")
     dropout = options["aux_dropout"]
@@ -166,4 +170,5 @@ def _validate(options, loss_options, where: str) -> None:
                           f"got {options['train_decoder_transformer']!r}")
     weights = loss_options["weights"]
     if len(weights) != 2:
-        raise ConfigError(f"{where}: 'loss.weights' must be [w0, w1] (decoder path, auxiliary path), got {list(weights)!r}")
+        raise ConfigError(f"{where}: 'loss.weights' must be [w0, w1] (decoder path, auxiliary path), "
+                          f"got {list(weights)!r}")

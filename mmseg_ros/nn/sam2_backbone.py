@@ -63,7 +63,8 @@ def read_sam2_state(path, what: str = "SAM2 checkpoint") -> Dict[str, torch.Tens
     data = load_torch_file(path, what)
     if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
         found = sorted(data)[:MAX_LISTED] if isinstance(data, dict) else type(data).__name__
-        raise CheckpointError(f"{what}: {path} is not an official SAM2 checkpoint (a dict with key 'model'); found {found}")
+        raise CheckpointError(f"{what}: {path} is not an official SAM2 checkpoint (a dict with key 'model'); "
+                              f"found {found}")
     return data["model"]
 
 
@@ -85,7 +86,8 @@ def check_state_matches(expected: Mapping[str, torch.Tensor], state: Mapping[str
         for k in sorted(set(expected) & set(state)) if tuple(state[k].shape) != tuple(expected[k].shape)
     ]
     problems = []
-    for label, items in (("shape mismatch", mismatched), ("missing in file", missing), ("unexpected in file", unexpected)):
+    kinds = (("shape mismatch", mismatched), ("missing in file", missing), ("unexpected in file", unexpected))
+    for label, items in kinds:
         if items:
             more = f" (+{len(items) - MAX_LISTED} more)" if len(items) > MAX_LISTED else ""
             problems.append(f"{len(items)} {label}: {', '.join(items[:MAX_LISTED])}{more}")

@@ -8,7 +8,7 @@ momentum (Eq. 11) and returns MSE(global, current) * (H/4 * W/4) (Eq. 12). It ad
 `backbone_fpn[0]` features after `conv_s0`), so the caller passes those features in.
 
 Details where paper and official code differ, and what this module does:
-- Current prototype = masked average over the pixels of that class in the whole batch (SPEC; the paper's
+- Current prototype = masked average over the pixels of that class in the whole batch (the true class mean; the paper's
   Eq. 9-10 "global average" of the masked map and the official code's `mean / count`, which divides by the pixel
   count twice, both shrink prototypes by the class frequency, making the loss scale depend on it).
 - Classes absent from a batch keep their global prototype and are left out of the loss (the official code sets

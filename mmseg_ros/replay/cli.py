@@ -18,8 +18,8 @@ from typing import Dict
 import yaml
 
 from ..errors import ConfigError
-from ..node_config import NodeConfig
-from .offline import parse_drop
+from ..pipeline.config import NodeConfig
+from ..drops import parse_drop
 
 SCORE_SIZES = ("input", "model")
 
@@ -65,10 +65,12 @@ def node_config(args) -> NodeConfig:
 
 
 def main(args) -> int:
-    from .run import OUTPUT_BAG, REPORT_JSON, REPORT_MD, replay_offline
+    from .bagio import InputBag
+    from .run import OUTPUT_BAG, REPORT_JSON, REPORT_MD, closed_drops, replay_offline
 
     config = node_config(args)
-    drops = [parse_drop(text) for text in args.drop]
+    with InputBag(args.bag) as bag:
+        drops = closed_drops((parse_drop(text, config.modalities) for text in args.drop), bag)
     out = Path(args.out) if args.out else Path("out", "replay", Path(args.bag).resolve().name)
     if args.live:
         if config.lidar_source != "image":

@@ -27,17 +27,20 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .. import dds, msgs
+from .. import msgs
+from ..ros import dds
 from ..atomic import atomic_open
+from ..drops import Drop
 from ..errors import ConfigError, DataError
 from ..evaluation.metrics import NAN_POLICY
 from ..evaluation.tables import save_json
-from ..node_config import CAMERA, NODE_NAME, NodeConfig
+from ..pipeline import SegmentedSet
+from ..pipeline.config import CAMERA, NODE_NAME, NodeConfig
 from ..sync import stamp_to_ns
 from . import report as report_lib
 from .bagio import InputBag, OutputBag
-from .offline import Drop, Frame, decode_labels
-from .run import OUTPUT_BAG, OUTPUT_TOPICS, REPORT_JSON, REPORT_MD, _path_or_none, bag_topics
+from .offline import decode_labels
+from .run import OUTPUT_BAG, OUTPUT_TOPICS, REPORT_JSON, REPORT_MD, _path_or_none, bag_topics, closed_drops
 from .scoring import Scorer
 
 START_TIMEOUT_S = 180.0  # node start-up: torch, SAM2, model build and warm-up on a busy 2-core machine
@@ -52,8 +55,8 @@ def replay_live(bag_path, config: NodeConfig, *, drops: Sequence[Drop] = (), out
     if rate <= 0:
         raise ConfigError(f"--rate must be > 0, got {rate}")
     dds.configure_transport()  # before the first participant, here and in the node we start
-    drops = tuple(drops)
     with InputBag(bag_path) as bag:
+        drops = closed_drops(drops, bag)
         topics, labels_topic = bag_topics(bag, config, labels_topic)
         node = None if node_running else _start_node(config, params, out, log)
         output = None
@@ -85,7 +88,7 @@ def replay_live(bag_path, config: NodeConfig, *, drops: Sequence[Drop] = (), out
 
 def _start_node(config: NodeConfig, params: Sequence[str], out, log) -> subprocess.Popen:
     card = config.card.path or config.card.name
-    cmd = [sys.executable, "-m", "mmseg_ros.node", "--ros-args", "-p", f"model.card:={card}",
+    cmd = [sys.executable, "-m", "mmseg_ros.ros.node", "--ros-args", "-p", f"model.card:={card}",
            "-p", f"model.device:={config.device}"]
     if config.checkpoint:
         cmd += ["-p", f"model.checkpoint:={config.checkpoint}"]
@@ -129,7 +132,7 @@ class _Peer:
         from sensor_msgs.msg import Image
         from std_msgs.msg import String
 
-        from ..rosutil import SpinThread
+        from ..ros.spin import SpinThread
 
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
@@ -223,10 +226,10 @@ class _Outputs:
         for _, msg in taken["labels"]:
             stamp = stamp_to_ns(msg.header.stamp)
             log_ns = self.log_of_stamp.get(stamp, stamp)
-            self.scorer.add_frame(Frame(
-                index=len(self.label_stamps), stamp_ns=stamp, log_ns=log_ns, time_s=(log_ns - self.start_ns) / 1e9,
-                anchor="", used=None, missing={}, timing={}, header=msg.header,
-                labels=np.array(msgs.image_to_numpy(msg)), confidence=None))
+            self.scorer.add_frame(SegmentedSet(
+                index=len(self.label_stamps), stamp_ns=stamp, arrival_ns=log_ns, anchor="", used=None, missing={},
+                timing={}, header=msg.header, labels=np.array(msgs.image_to_numpy(msg)), confidence=None),
+                (log_ns - self.start_ns) / 1e9)
             self.label_stamps.append(stamp)
         if self.output is not None:
             records = [(arrival, kind, m) for kind, items in taken.items() for arrival, m in items]
@@ -257,7 +260,7 @@ def _play(bag: InputBag, peer: _Peer, topics, labels_topic, drops, rate, outputs
                 continue
             modality = modality_of[topic]
             seconds = (log_ns - bag.start_ns) / 1e9
-            if any(d.modality == modality and d.covers(seconds) for d in drops):
+            if any(d.covers(modality, seconds) for d in drops):
                 dropped[modality] += 1
                 continue
             image = _to_ros_image(msg)

@@ -15,8 +15,9 @@ import numpy as np
 
 from .. import preprocess
 from ..atomic import atomic_path
-from ..node_config import CAMERA
-from .offline import Drop, Frame
+from ..pipeline.config import CAMERA
+from ..drops import Drop
+from ..pipeline import SegmentedSet
 
 BACKGROUND = (24, 24, 24)
 TEXT = (235, 235, 235)
@@ -45,7 +46,7 @@ class Recorder:
         self.tile = int(tile)
         self.frames: List[Tiles] = []
 
-    def __call__(self, frame: Frame) -> None:
+    def __call__(self, frame: SegmentedSet, time_s: float) -> None:
         size = (self.tile, self.tile)
         camera = (frame.images or {}).get(CAMERA)
         if camera is not None:
@@ -59,10 +60,10 @@ class Recorder:
         confidence = cv2.resize(confidence, size, interpolation=cv2.INTER_AREA)
         overlay = labels if CAMERA not in frame.used else \
             (0.55 * labels + 0.45 * camera.astype(np.float32)).astype(np.uint8)
-        self.frames.append(Tiles(frame.stamp_ns, frame.time_s, frame.anchor, frame.used, camera, labels, overlay,
-                                 confidence, self._sensors(frame)))
+        self.frames.append(Tiles(frame.stamp_ns, time_s, frame.anchor, frame.used, camera, labels, overlay,
+                                 confidence, self._sensors(frame, time_s)))
 
-    def _sensors(self, frame: Frame) -> np.ndarray:
+    def _sensors(self, frame: SegmentedSet, time_s: float) -> np.ndarray:
         """One bar per modality: green when the engine received it, red when not."""
         panel = np.full((self.tile, self.tile, 3), BACKGROUND, np.uint8)
         rows = len(self.modalities)
@@ -73,7 +74,7 @@ class Recorder:
             cv2.rectangle(panel, (6, top), (self.tile - 6, top + height - 4), color, -1)
             label = name + (" *" if name == frame.anchor else "")
             cv2.putText(panel, label, (10, top + height - 10), FONT, 0.4, TEXT, 1, cv2.LINE_AA)
-        cv2.putText(panel, f"t={frame.time_s:.1f}s", (6, self.tile - 6), FONT, 0.35, TEXT, 1, cv2.LINE_AA)
+        cv2.putText(panel, f"t={time_s:.1f}s", (6, self.tile - 6), FONT, 0.35, TEXT, 1, cv2.LINE_AA)
         return panel
 
     # -- outputs --------------------------------------------------------------------------------------------------
@@ -117,7 +118,7 @@ class Recorder:
             cv2.putText(sheet, name, (margin + c * (self.tile + gap) + 4, top + 15), FONT, 0.45, TEXT, 1, cv2.LINE_AA)
         for r, tiles in enumerate(picked):
             y = top + header + r * (self.tile + gap)
-            windows = [f"{d.modality} out" for d in drops if d.covers(tiles.time_s)]
+            windows = [f"{d.sensor} out" for d in drops if d.during(tiles.time_s)]
             lines = [f"t = {tiles.time_s:.1f} s", *(windows or ["all sensors"])]
             for k, line in enumerate(lines):
                 cv2.putText(sheet, line, (4, y + 20 + 16 * k), FONT, 0.42, TEXT, 1, cv2.LINE_AA)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import statistics
 from typing import Dict, List, Mapping, Optional, Sequence
 
-from ..bench.timing import percentile
+from ..reporting import percentile
 from ..evaluation.metrics import NAN_POLICY
 from ..evaluation.tables import _num, markdown_table, per_class_table, scores_entry
 from .scoring import Scorer
@@ -62,7 +62,7 @@ def _subset_order(scorer: Scorer) -> List[str]:
 def windows_section(scorer: Scorer) -> Dict:
     windows = []
     for window, matrix in zip(scorer.windows, scorer.window_matrices):
-        windows.append({"drop": window.drop.label, "modality": window.drop.modality, "start_s": window.drop.start_s,
+        windows.append({"drop": window.drop.label, "modality": window.drop.sensor, "start_s": window.drop.start_s,
                         "end_s": window.drop.end_s, "frames": window.frames,
                         "used": dict(window.used) if scorer.used_known else None,
                         "miou": matrix.scores().miou if matrix.total else None})

@@ -4,24 +4,27 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Optional
+from typing import Callable, Dict, Iterable, Optional, Tuple
 
 import numpy as np
 
-from .. import msgs, node_config
+from ..pipeline import config as node_config
 from ..atomic import atomic_open
 from ..data.synthetic.bag import LABELS_TOPIC
+from ..drops import Drop
 from ..errors import DataError
 from ..evaluation.metrics import NAN_POLICY
 from ..evaluation.tables import save_json
-from ..node_config import NODE_NAME, NodeConfig
+from ..pipeline import SegmentedSet, outputs
+from ..pipeline.config import NODE_NAME, NodeConfig
 from ..sync import stamp_to_ns
 from . import report as report_lib
 from .bagio import CAMERA_INFO_TYPE, IMAGE_TYPE, POINTS_TYPE, InputBag, OutputBag
-from .offline import Drop, Frame, OfflineReplay, decode_labels
+from .offline import OfflineReplay, decode_labels
 from .scoring import Scorer
 
 OUTPUT_BAG = "segmented"
@@ -71,11 +74,13 @@ _IDENTITY = tuple(tuple(node_config.IDENTITY_4X4[4 * r:4 * r + 4]) for r in rang
 
 def replay_offline(bag_path, config: NodeConfig, *, drops: Iterable[Drop] = (), out=None, storage: Optional[str] = None,
                    write_bag: bool = True, score_size: str = "input", labels_topic: Optional[str] = None,
-                   progress: bool = True, segmenter=None, watch: Optional[Callable[[Frame], None]] = None) -> Dict:
+                   progress: bool = True, segmenter=None,
+                   watch: Optional[Callable[[SegmentedSet, float], None]] = None) -> Dict:
     """Replay `bag_path` offline; returns the report document (also written to `out` when given). `watch` sees
-    every processed frame (inputs and outputs) before its arrays are released, e.g. to draw pictures."""
-    drops = tuple(drops)
+    every processed set (inputs and outputs) and its time in the bag before its arrays are released, e.g. to draw
+    pictures."""
     with InputBag(bag_path) as bag:
+        drops = closed_drops(drops, bag)
         topics, labels_topic = bag_topics(bag, config, labels_topic)
         config = with_bag_extrinsic(config, bag)
         info_topic = camera_info_topic(config)
@@ -92,26 +97,20 @@ def replay_offline(bag_path, config: NodeConfig, *, drops: Iterable[Drop] = (), 
                                OUTPUT_TOPICS.values(), custom_data={"mmseg.replay_of": str(bag.path),
                                                                     "mmseg.card": config.card.name})
 
-        def on_frame(frame: Frame) -> None:
+        def on_frame(frame: SegmentedSet) -> None:
             begin = time.perf_counter()
-            if output is not None:
-                num_classes = config.card.num_classes
-                output.write(OUTPUT_TOPICS["labels"], frame.log_ns,
-                             msgs.labels_to_image(frame.labels, num_classes, frame.header, ros=False))
-                if config.publish_confidence:  # outputs.* parameters choose the topics, as in the node
-                    output.write(OUTPUT_TOPICS["confidence"], frame.log_ns,
-                                 msgs.confidence_to_image(frame.confidence, frame.header, ros=False))
-                if frame.color is not None:
-                    output.write(OUTPUT_TOPICS["color"], frame.log_ns,
-                                 msgs.color_to_image(frame.color, frame.header, ros=False))
+            if output is not None:  # outputs.* parameters choose the topics, as in the node
+                for kind, msg in outputs.to_messages(frame, config, ros=False).items():
+                    output.write(OUTPUT_TOPICS[kind], frame.arrival_ns, msg)
             encode = 1e3 * (time.perf_counter() - begin)
             for stage in ("preprocess", "forward", "postprocess"):
                 stage_ms[stage].append(frame.timing[stage])
             stage_ms["encode"].append(encode)
             stage_ms["total"].append(frame.timing["total"] + encode)
-            scorer.add_frame(frame)
+            time_s = replay.seconds(frame.arrival_ns)
+            scorer.add_frame(frame, time_s)
             if watch is not None:
-                watch(frame)
+                watch(frame, time_s)
             frame.labels = frame.confidence = frame.color = frame.images = None  # scored and written: let them go
 
         replay = OfflineReplay(segmenter, config, bag.start_ns, drops, output_size=output_size,
@@ -133,9 +132,9 @@ def replay_offline(bag_path, config: NodeConfig, *, drops: Iterable[Drop] = (), 
         wall = time.perf_counter() - start
         if replay.frames == 0:
             raise DataError(f"bag {bag.path}: no set was synchronized from {list(topics.values())} "
-                              f"(messages read: {replay.counters.messages})")
-        stage_ms["decode"] = replay.counters.decode_ms
-        stage_ms["sync_wait"] = replay.counters.wait_ms
+                              f"(messages read: {replay.messages})")
+        stage_ms["decode"] = replay.pipeline.decode_ms.samples()
+        stage_ms["sync_wait"] = replay.pipeline.wait_ms.samples()
         doc = _document(bag, config, segmenter, topics, labels_topic, drops, score_size, replay, scorer, stage_ms,
                         wall, output)
     if out is not None:
@@ -143,6 +142,13 @@ def replay_offline(bag_path, config: NodeConfig, *, drops: Iterable[Drop] = (), 
         with atomic_open(Path(out) / REPORT_MD, "w") as f:
             f.write(report_lib.to_markdown(doc))
     return doc
+
+
+def closed_drops(drops: Iterable[Drop], bag: InputBag) -> Tuple[Drop, ...]:
+    """Open-ended windows (`rgb@3-`) end with the bag, so reports and pictures have finite times."""
+    end_s = (bag.end_ns - bag.start_ns) / 1e9 + 1.0
+    return tuple(d if math.isfinite(d.end_s) else dataclasses.replace(d, end_s=max(end_s, d.start_s + 1.0))
+                 for d in drops)
 
 
 def _segmenter(config: NodeConfig):
@@ -163,7 +169,7 @@ def _storage_of(bag: InputBag) -> str:
 
 def _document(bag, config, segmenter, topics, labels_topic, drops, score_size, replay, scorer, stage_ms, wall,
               output) -> Dict:
-    c = replay.counters
+    pipeline = replay.pipeline
     custom = bag.custom_data
     duration = (bag.end_ns - bag.start_ns) / 1e9
     doc = {
@@ -182,19 +188,20 @@ def _document(bag, config, segmenter, topics, labels_topic, drops, score_size, r
                      **({"lidar_extrinsic": [list(row) for row in config.lidar_extrinsic]}
                         if camera_info_topic(config) else {})},
         "classes": list(config.card.class_names),
-        "frames": {"anchor_messages": c.messages[config.anchor], "processed": replay.frames, "scored": scorer.scored,
-                   "unscored": scorer.unscored, "labels": scorer.labels_seen, "below_min": c.below_min,
-                   "by_anchor": dict(replay.anchor_counts), "used": dict(replay.used_counts)},
-        "inputs": {m: {"topic": topics[m], "messages": c.messages[m], "dropped": c.dropped[m],
-                       "rejected": c.rejected[m], "backwards": c.backwards[m],
-                       "last_error": replay.health.get(m).last_error} for m in config.modalities},
+        "frames": {"anchor_messages": replay.messages[config.anchor], "processed": replay.frames,
+                   "scored": scorer.scored, "unscored": scorer.unscored, "labels": scorer.labels_seen,
+                   "below_min": pipeline.below_min, "by_anchor": dict(pipeline.anchor_counts),
+                   "used": dict(pipeline.used_counts)},
+        "inputs": {m: {"topic": topics[m], "messages": replay.messages[m], "dropped": replay.dropped[m],
+                       "rejected": pipeline.inputs[m].rejected, "backwards": pipeline.inputs[m].backwards,
+                       "last_error": pipeline.health.get(m).last_error} for m in config.modalities},
     }
     doc.update(report_lib.scores_section(scorer, config.card.class_names))
     doc.update(report_lib.windows_section(scorer))
     doc["latency_ms"] = {stage: report_lib.latency_entry(stage_ms[stage]) for stage in report_lib.STAGES}
     doc["speed"] = {"wall_s": wall, "frames_per_s": replay.frames / wall if wall > 0 else 0.0,
                     "realtime_factor": duration / wall if wall > 0 else 0.0}
-    doc["sync"] = replay.sync.stats().as_dict()
+    doc["sync"] = pipeline.sync.stats().as_dict()
     if output is not None:
         doc["output_bag"] = {"path": str(output.path), "storage": output.storage, "counts": dict(output.counts)}
     return doc

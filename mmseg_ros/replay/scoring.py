@@ -18,7 +18,8 @@ import numpy as np
 
 from ..evaluation.metrics import ConfusionMatrix
 from ..evaluation.subsets import subset_code
-from .offline import Drop, Frame
+from ..drops import Drop
+from ..pipeline import SegmentedSet
 
 ALL = "all"
 
@@ -55,7 +56,7 @@ class Scorer:
         self.scored = 0
         self.labels_seen = 0
         self._truth: List[Tuple[int, np.ndarray]] = []  # (stamp, labels), sorted by stamp
-        self._waiting: List[Tuple[Frame, np.ndarray]] = []  # predictions whose ground truth may still come
+        self._waiting: List[Tuple[SegmentedSet, np.ndarray, float]] = []  # predictions whose truth may still come
         self._newest_ns: Optional[int] = None
 
     # -- input ----------------------------------------------------------------------------------------------------
@@ -66,20 +67,21 @@ class Scorer:
         bisect.insort(self._truth, (stamp_ns, labels), key=lambda item: item[0])
         self._advance(stamp_ns)
         still = []
-        for frame, prediction in self._waiting:
+        for frame, prediction, time_s in self._waiting:
             truth = self._match(frame.stamp_ns)
             if truth is None:
-                still.append((frame, prediction))
+                still.append((frame, prediction, time_s))
             else:
-                self._score(frame, prediction, truth)
+                self._score(frame, prediction, truth, time_s)
         self._waiting = still
 
-    def add_frame(self, frame: Frame) -> None:
+    def add_frame(self, frame: SegmentedSet, time_s: float) -> None:
+        """A segmented set whose anchor arrived `time_s` seconds after the drive's start (places it in the windows)."""
         self.frames += 1
         self.used_known &= frame.used is not None
         inside = False
         for window, drop in zip(self.windows, self.drops):
-            if drop.covers(frame.time_s):
+            if drop.during(time_s):
                 inside = True
                 window.frames += 1
                 for m in frame.used or ():  # None: not known (live outputs do not say)
@@ -87,9 +89,9 @@ class Scorer:
         self.outside_frames += not inside
         truth = self._match(frame.stamp_ns)
         if truth is None:
-            self._waiting.append((frame, frame.labels))
+            self._waiting.append((frame, frame.labels, time_s))
         else:
-            self._score(frame, frame.labels, truth)
+            self._score(frame, frame.labels, truth, time_s)
         self._advance(frame.stamp_ns)
 
     @property
@@ -123,7 +125,7 @@ class Scorer:
         self._truth = [item for item in self._truth if item[0] >= limit]
         self._waiting = [item for item in self._waiting if item[0].stamp_ns >= limit]
 
-    def _score(self, frame: Frame, prediction: np.ndarray, truth: np.ndarray) -> None:
+    def _score(self, frame: SegmentedSet, prediction: np.ndarray, truth: np.ndarray, time_s: float) -> None:
         self.scored += 1
         matrices = [self.overall]
         if frame.used is not None:
@@ -136,7 +138,7 @@ class Scorer:
             matrices.append(self.subsets[code])
         if self.condition:
             matrices.append(self.conditions.setdefault(self.condition, ConfusionMatrix(self.num_classes)))
-        inside = [i for i, d in enumerate(self.drops) if d.covers(frame.time_s)]
+        inside = [i for i, d in enumerate(self.drops) if d.during(time_s)]
         matrices += [self.window_matrices[i] for i in inside] or [self.outside]
         single = ConfusionMatrix(self.num_classes).update(prediction, truth)
         for matrix in matrices:

@@ -9,7 +9,6 @@ model samples (data.common).
 from __future__ import annotations
 
 import copy
-import importlib
 from pathlib import Path
 from typing import Optional, Tuple
 
@@ -17,17 +16,10 @@ import torch
 import yaml
 
 from .. import cards
+from ..data import registry
 from ..errors import ConfigError
 from ..resources import resolve
 from .config import Recipe, set_dotted
-
-# loader name -> (module, class); every class takes (root, split=, modalities=, transform=, **options)
-LOADERS = {
-    "deliver": ("mmseg_ros.data.deliver", "Deliver"),
-    "muses": ("mmseg_ros.data.muses", "Muses"),
-    "mcubes": ("mmseg_ros.data.mcubes", "MCubeS"),
-}
-
 
 def load_card(recipe: Recipe) -> cards.ModelCard:
     card = _card(recipe)
@@ -108,18 +100,8 @@ def collate(card: cards.ModelCard):
 
 def _dataset(recipe: Recipe, card: cards.ModelCard, split: str, transform):
     name = recipe.data.dataset
-    if name in LOADERS:
-        module, attribute = LOADERS[name]
-    elif ":" in name:
-        module, attribute = name.split(":", 1)
-    else:
-        raise ConfigError(f"data.dataset: unknown dataset {name!r}; use one of {', '.join(LOADERS)} or "
-                          f"'package.module:function'")
-    try:
-        factory = getattr(importlib.import_module(module), attribute)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"data.dataset: cannot import {name!r} ({exc})") from None
-    if recipe.data.root is None and name in LOADERS:
+    factory = registry.factory(name)
+    if recipe.data.root is None and name in registry.LOADERS:
         raise ConfigError(f"data.root: the {name} dataset needs a root folder")
     try:
         return factory(recipe.data.root, split=split, modalities=card.modalities, transform=transform,

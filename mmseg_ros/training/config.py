@@ -245,7 +245,8 @@ def _check(r: Recipe) -> None:
         if not ok:
             raise ConfigError(f"{key}: {rule}, got {value!r}")
 
-    need(isinstance(r.model, (str, dict)) and bool(r.model), "model", r.model, "expected a card name/path or an inline card")
+    need(isinstance(r.model, (str, dict)) and bool(r.model), "model", r.model,
+         "expected a card name/path or an inline card")
     need(r.seed >= 0, "seed", r.seed, "must be >= 0")
     need(r.optimizer.lr > 0, "optimizer.lr", r.optimizer.lr, "must be > 0")
     need(r.optimizer.weight_decay >= 0, "optimizer.weight_decay", r.optimizer.weight_decay, "must be >= 0")

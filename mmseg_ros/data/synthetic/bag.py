@@ -187,7 +187,8 @@ def _frame_records(frame: dict, msgs: _Messages, dropped: set, points: bool):
     if "lidar" not in dropped:
         image("lidar", "lidar", metres(frame["lidar"]))
         if points:
-            add("lidar", "points", stamps["lidar"], msgs.points(frame["lidar_points"], stamps["lidar"], ids["lidar_points"]))
+            add("lidar", "points", stamps["lidar"],
+                msgs.points(frame["lidar_points"], stamps["lidar"], ids["lidar_points"]))
     if "event" not in dropped:
         events = frame.get("events") or [(meta["time"], frame["event"])]
         for stamp, (_, image) in zip(stamps["event"][-len(events):], events):

@@ -56,7 +56,8 @@ class SceneGenerator:
         rig, drive = self.cfg.rig, self.cfg.drive
         rates = rig.rates
         if rates.event_hz % rates.camera_hz:
-            raise ConfigError(f"rig.rates.event_hz ({rates.event_hz}) must be a multiple of camera_hz ({rates.camera_hz})")
+            raise ConfigError(f"rig.rates.event_hz ({rates.event_hz}) must be a multiple of "
+                              f"camera_hz ({rates.camera_hz})")
         rng = np.random.default_rng([self.seed, 0])
         speed = float(rng.uniform(*drive.speed_mps)) if ego_speed is None else float(ego_speed)
         x0 = float(rng.uniform(0.0, 4000.0))
@@ -198,7 +199,8 @@ class SceneGenerator:
             return start_ns + int(round((seconds + rng.uniform(-1, 1) * rates.stamp_jitter_s) * 1e9))
 
         rgb = stamp(time)
-        return dict(rgb=rgb, labels=rgb, depth=stamp(time), lidar=stamp(lidar_time), event=[stamp(e) for e in event_ends])
+        return dict(rgb=rgb, labels=rgb, depth=stamp(time), lidar=stamp(lidar_time),
+                    event=[stamp(e) for e in event_ends])
 
     def _meta(self, index: int, time: float, lidar_time: float) -> dict:
         rig = self.cfg.rig

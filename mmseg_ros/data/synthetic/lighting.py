@@ -61,7 +61,8 @@ class ShadowMap:
         fc = np.clip(cols - c0, 0.0, 1.0).astype(np.float32)
         reach = dist - self.bias
         lit = np.zeros(len(points), np.float32)
-        for dr, dc, weight in ((0, 0, (1 - fr) * (1 - fc)), (0, 1, (1 - fr) * fc), (1, 0, fr * (1 - fc)), (1, 1, fr * fc)):
+        for dr, dc, weight in ((0, 0, (1 - fr) * (1 - fc)), (0, 1, (1 - fr) * fc),
+                               (1, 0, fr * (1 - fc)), (1, 1, fr * fc)):
             lit += weight * (reach <= padded[r0 + 1 + dr, c0 + 1 + dc])
         return lit
 
@@ -81,7 +82,8 @@ def radiance(hits, surface: Surface, dirs, cond, sun_dir, shadows: ShadowMap | N
     lights_on = np.float32(cond.get("lights_on", 0.0))
     if lights_on > 0:
         p, nh = hits.points[hit], n[hit]
-        irradiance[hit] += lights_on * (_headlights(p, nh, ego_pose, cond) + _lamps(p, nh, lamps, cond)).astype(np.float32)
+        irradiance[hit] += lights_on * (_headlights(p, nh, ego_pose, cond)
+                                        + _lamps(p, nh, lamps, cond)).astype(np.float32)
     gloss = surface.gloss
     out = surface.albedo * irradiance * (1 - 0.5 * gloss)[..., None] + surface.signal + lights_on * surface.night
     shiny = hit & (gloss > 0)

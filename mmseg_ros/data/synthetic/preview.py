@@ -32,7 +32,8 @@ def frame_row(frame: dict, max_m: float = 65.0) -> np.ndarray:
     palette = class_set()
     size = frame["rgb"].shape[0]
     lidar = metric_to_color(frame["lidar"], max_m, dilate=max(2, size // 128))
-    tiles = [frame["rgb"], metric_to_color(frame["depth"], max_m), frame["event"], lidar, palette.colorize(frame["labels"])]
+    tiles = [frame["rgb"], metric_to_color(frame["depth"], max_m), frame["event"], lidar,
+             palette.colorize(frame["labels"])]
     return np.concatenate(tiles, axis=1)
 
 

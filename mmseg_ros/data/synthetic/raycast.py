@@ -82,7 +82,8 @@ class OrthoGrid:
         self.cell = extent_m / resolution
         self.start = np.asarray(center, np.float64) - d * lift_m - (e1 + e2) * extent_m / 2
         self.shape = (resolution, resolution)
-        self.origin = np.asarray(center, np.float64)[None, None] - d * lift_m + s[:, None, None] * e2 + s[None, :, None] * e1
+        self.origin = (np.asarray(center, np.float64)[None, None] - d * lift_m
+                       + s[:, None, None] * e2 + s[None, :, None] * e1)
         self.dirs = np.broadcast_to(d, self.shape + (3,))
 
     def bounds(self, corners: np.ndarray):

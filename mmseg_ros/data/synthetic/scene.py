@@ -127,8 +127,8 @@ class _Builder:
 
 
 _EMPTY = Solids(np.zeros(0, np.int8), np.zeros((0, 3)), np.zeros((0, 3)), np.zeros(0), np.zeros((0, 3)),
-                np.zeros(0), np.zeros(0, bool), np.zeros(0, np.int16), np.zeros(0, np.int16), np.zeros((0, 3), np.float32),
-                np.zeros(0, np.int32))
+                np.zeros(0), np.zeros(0, bool), np.zeros(0, np.int16), np.zeros(0, np.int16),
+                np.zeros((0, 3), np.float32), np.zeros(0, np.int32))
 
 
 @dataclass(frozen=True)
@@ -268,8 +268,8 @@ class Street:
                 # In pieces: a long slab seen at a grazing angle would have a huge bounding rectangle on screen.
                 cuts = np.linspace(a, z, int(np.ceil((z - a) / SLAB_M)) + 1)
                 for c0, c1 in zip(cuts[:-1], cuts[1:]):
-                    b.add(BOX, ((c0 + c1) / 2, side * (hw + sw / 2), lay.curb_h / 2), ((c1 - c0) / 2, sw / 2, lay.curb_h / 2),
-                          "SideWalk", Material.PAVING, (0.62, 0.61, 0.58))
+                    b.add(BOX, ((c0 + c1) / 2, side * (hw + sw / 2), lay.curb_h / 2),
+                          ((c1 - c0) / 2, sw / 2, lay.curb_h / 2), "SideWalk", Material.PAVING, (0.62, 0.61, 0.58))
             if crossing is not None:
                 self._cross_street(b, rng, crossing, side)
             self._buildings(b, rng, x0, x1, crossing, side)

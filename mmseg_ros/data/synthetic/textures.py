@@ -115,7 +115,8 @@ class _Patch:
 
     def facade_coords(self):
         """(along-face, height-above-bottom) coordinates on vertical faces."""
-        along = np.where(self.face // 2 == 0, self.p[:, 1], self.p[:, 0]) + np.where(self.face // 2 == 0, self.half[:, 1], self.half[:, 0])
+        along = (np.where(self.face // 2 == 0, self.p[:, 1], self.p[:, 0])
+                 + np.where(self.face // 2 == 0, self.half[:, 1], self.half[:, 0]))
         return along, self.p[:, 2] + self.half[:, 2]
 
     def zeros(self):
@@ -257,7 +258,7 @@ def _paint(p: _Patch):
 
 def _glass(p: _Patch):
     gloss, signal, night = p.zeros()
-    x, y, z = p.p[:, 0], p.p[:, 1], p.p[:, 2]
+    x = p.p[:, 0]
     pillar = (np.abs(x) > p.half[:, 0] - 0.12) | (np.abs(np.abs(x) - p.half[:, 0] * 0.1) < 0.06)
     glass = (p.face < 4) & ~(pillar & (p.face >= 2))
     albedo = p.color.copy()

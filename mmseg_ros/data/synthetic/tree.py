@@ -52,7 +52,8 @@ def split_counts(n: int, ratios: Sequence[float]) -> List[int]:
     there are enough items for every such split."""
     ratios = np.asarray(ratios, np.float64)
     if len(ratios) != len(SPLITS) or (ratios < 0).any() or ratios.sum() <= 0:
-        raise ConfigError(f"split ratios must be {len(SPLITS)} non-negative numbers ({'/'.join(SPLITS)}), got {list(ratios)}")
+        raise ConfigError(f"split ratios must be {len(SPLITS)} non-negative numbers ({'/'.join(SPLITS)}), "
+                          f"got {list(ratios)}")
     share = ratios / ratios.sum() * n
     counts = np.floor(share).astype(int)
     for i in np.argsort(-(share - counts), kind="stable")[: n - counts.sum()]:
@@ -72,7 +73,8 @@ def plan_maps(frames: int, frames_per_map: int = 10, frame_step: int = 5, condit
     """Spread `frames` frames over drives: conditions cycle map by map, every `failure_every`-th map carries the
     next failure, and whole rounds of conditions go to train/val/test so each split sees every condition."""
     if frames < 1 or frames_per_map < 1 or frame_step < 1:
-        raise ConfigError(f"frames ({frames}), frames_per_map ({frames_per_map}) and frame_step ({frame_step}) must be >= 1")
+        raise ConfigError(f"frames ({frames}), frames_per_map ({frames_per_map}) and frame_step ({frame_step}) "
+                          f"must be >= 1")
     for c in conditions:
         if c not in CONDITIONS:
             raise ConfigError(f"unknown condition {c!r}; known: {', '.join(CONDITIONS)}")
@@ -93,8 +95,8 @@ def plan_maps(frames: int, frames_per_map: int = 10, frame_step: int = 5, condit
         count = min(frames_per_map, left)
         left -= count
         map_seed = int(np.random.SeedSequence([seed, m]).generate_state(1)[0])
-        plans.append(MapPlan(m, map_seed, conditions[m % len(conditions)], failure, split_of_round[m // len(conditions)],
-                             tuple(range(0, count * frame_step, frame_step))))
+        plans.append(MapPlan(m, map_seed, conditions[m % len(conditions)], failure,
+                             split_of_round[m // len(conditions)], tuple(range(0, count * frame_step, frame_step))))
     return plans
 
 
@@ -134,7 +136,8 @@ def write_tree(root, plans: Sequence[MapPlan], size: int, workers: int = 1, over
                chunk: int = 5) -> Iterable[int]:
     """Render and write every planned frame; yields the number of frames finished as work completes.
     Frames are independent (seeded by map and index), so the result does not depend on `workers`."""
-    tasks = [(str(root), size, overrides, p, p.frames[i:i + chunk]) for p in plans for i in range(0, len(p.frames), chunk)]
+    tasks = [(str(root), size, overrides, p, p.frames[i:i + chunk])
+             for p in plans for i in range(0, len(p.frames), chunk)]
     if workers <= 1:
         for task in tasks:
             yield _render_map_chunk(task)

@@ -1,9 +1,10 @@
 """DDS transport set-up shared by every process that moves images: the node, the sensor publisher, tests, launch.
 
 Fast DDS' built-in shared-memory segment is too small for camera-sized samples, so best-effort images above about
-512 KB fall back to fragmented UDP and are lost between processes (SPEC §3). The shipped profile
-`config/fastdds_shm.xml` fixes that. Fast DDS reads the profile file named by an environment variable when the
-first participant is created, so `configure_transport` must run before `rclpy.init()`; child processes inherit it.
+512 KB fall back to fragmented UDP and are lost between processes (measured: a 1024x1024 rgb8 image, 0 of 100
+received). The shipped profile `config/fastdds_shm.xml` fixes that. Fast DDS reads the profile file named by an
+environment variable when the first participant is created, so `configure_transport` must run before `rclpy.init()`;
+child processes inherit it.
 
 No rclpy import here: the launch file and tests call this without a ROS context.
 """
@@ -14,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import MutableMapping
 
-from . import resources
-from .errors import ConfigError
+from .. import resources
+from ..errors import ConfigError
 
 PROFILE_VARIABLE = "FASTDDS_DEFAULT_PROFILES_FILE"
 PROFILE_FILE = "fastdds_shm.xml"

@@ -1,7 +1,7 @@
 """rclpy plumbing shared by the live tools (node, sensor publisher, benchmarks, test peers).
 
 Spinning an executor in a thread and tearing it down in the wrong order aborts the process ("terminate called
-without an active exception", exit 134; SPEC section 3). `SpinThread` owns that order so nobody re-types it.
+without an active exception", exit 134). `SpinThread` owns that order so nobody re-types it.
 """
 from __future__ import annotations
 

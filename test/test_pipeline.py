@@ -10,17 +10,19 @@ import time
 import numpy as np
 import pytest
 
-from mmseg_ros import modalities, msgs, node_config, node_core
-from mmseg_ros import node_diagnostics as diag
+from mmseg_ros import modalities, msgs
+from mmseg_ros.pipeline import checks, handoff, outputs, stats
+from mmseg_ros.pipeline import config as node_config
+from mmseg_ros.pipeline import diagnostics as diag
 from mmseg_ros.errors import ConfigError, MessageError
-from mmseg_ros.node_config import NodeConfig
+from mmseg_ros.pipeline.config import NodeConfig
 from mmseg_ros.sync import InputCounts, InputState, InputStatus
 
 TINY = "test_tiny_mle_sam"
 
 
 def test_no_rclpy_in_the_core():
-    code = ("import sys; import mmseg_ros.node_config, mmseg_ros.node_core, mmseg_ros.node_diagnostics; "
+    code = ("import sys; import mmseg_ros.pipeline, mmseg_ros.pipeline.checks, mmseg_ros.pipeline.diagnostics; "
             "assert 'rclpy' not in sys.modules and 'torch' not in sys.modules, sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -106,12 +108,12 @@ def _image(array, encoding):
 def test_decode_accepts_registry_encodings_and_nan_holes():
     depth = np.full((8, 8), 4.0, np.float32)
     depth[:4] = np.nan  # "no return" pixels are fine
-    out = node_core.decode_input("depth", _image(depth, "32FC1"))
+    out = checks.decode_input("depth", _image(depth, "32FC1"))
     assert out.shape == (8, 8) and np.isnan(out[0, 0]) and out[7, 7] == 4.0
     bgr = np.zeros((4, 6, 3), np.uint8)
     bgr[..., 0] = 7  # blue
-    assert node_core.decode_input("rgb", _image(bgr, "bgr8"))[0, 0].tolist() == [0, 0, 7]
-    assert node_core.decode_input("event", _image(np.zeros((4, 4, 2), np.uint8), "8UC2")).shape == (4, 4, 2)
+    assert checks.decode_input("rgb", _image(bgr, "bgr8"))[0, 0].tolist() == [0, 0, 7]
+    assert checks.decode_input("event", _image(np.zeros((4, 4, 2), np.uint8), "8UC2")).shape == (4, 4, 2)
 
 
 @pytest.mark.parametrize("modality, array, encoding, match", [
@@ -121,22 +123,22 @@ def test_decode_accepts_registry_encodings_and_nan_holes():
 ])
 def test_decode_rejects_bad_images(modality, array, encoding, match):
     with pytest.raises(MessageError, match=match):
-        node_core.decode_input(modality, _image(array, encoding))
+        checks.decode_input(modality, _image(array, encoding))
 
 
 def test_decode_rejects_unknown_encoding_and_truncated_data():
     msg = _image(np.zeros((4, 4, 3), np.uint8), "rgb8")
     msg.encoding = "yuv_mystery"
     with pytest.raises(MessageError, match="yuv_mystery"):
-        node_core.decode_input("rgb", msg)
+        checks.decode_input("rgb", msg)
     msg = _image(np.zeros((4, 4, 3), np.uint8), "rgb8")
     msg.data = msg.data[:10]
     with pytest.raises(MessageError, match="bytes"):
-        node_core.decode_input("rgb", msg)
+        checks.decode_input("rgb", msg)
 
 
 def test_size_guard_rejects_odd_frames_and_learns_a_new_size():
-    guard = node_core.SizeGuard(confirm=3)
+    guard = checks.SizeGuard(confirm=3)
     full, half = np.zeros((8, 8)), np.zeros((4, 4))
     assert guard.check("rgb", full) is None
     assert "4x4 differs from the 8x8" in guard.check("rgb", half)
@@ -147,9 +149,9 @@ def test_size_guard_rejects_odd_frames_and_learns_a_new_size():
 
 
 def test_size_mismatch_and_stamp_order():
-    assert node_core.size_mismatch("depth", np.zeros((4, 4)), "rgb", (4, 4)) is None
-    assert "differs from the anchor rgb's 8x4" in node_core.size_mismatch("depth", np.zeros((4, 4)), "rgb", (4, 8))
-    order = node_core.StampOrder()
+    assert checks.size_mismatch("depth", np.zeros((4, 4)), "rgb", (4, 4)) is None
+    assert "differs from the anchor rgb's 8x4" in checks.size_mismatch("depth", np.zeros((4, 4)), "rgb", (4, 8))
+    order = checks.StampOrder()
     assert order.check("rgb", 100) is None and order.check("rgb", 200) is None
     assert "backwards by" in order.check("rgb", 150)
     assert order.check("rgb", 160) is None and order.check("depth", 1) is None
@@ -159,7 +161,7 @@ def test_size_mismatch_and_stamp_order():
 
 
 def test_latest_slot_keeps_the_newest_and_counts_the_rest():
-    slot = node_core.LatestSlot()
+    slot = handoff.LatestSlot()
     assert slot.take(0.0) is None
     slot.put_all([1, 2, 3])
     assert slot.take(0.0) == 3 and slot.superseded == 2 and slot.take(0.0) is None
@@ -176,13 +178,13 @@ def test_latest_slot_keeps_the_newest_and_counts_the_rest():
 
 
 def test_rate_meter_and_latency_window():
-    meter = node_core.RateMeter(window=5, stale_s=1.0)
+    meter = stats.RateMeter(window=5, stale_s=1.0)
     assert meter.rate(0) is None
     for i in range(5):
         meter.tick(i * 100_000_000)  # 10 Hz
     assert meter.rate(400_000_000) == pytest.approx(10.0)
     assert meter.rate(2_000_000_000) is None  # nothing for over a second
-    window = node_core.LatencyWindow(size=100)
+    window = stats.LatencyWindow(size=100)
     assert window.percentiles() is None
     for ms in range(1, 101):
         window.add(ms)
@@ -191,7 +193,7 @@ def test_rate_meter_and_latency_window():
 
 
 def test_input_health_holds_errors_for_a_while():
-    health = node_core.InputHealth(["rgb"])
+    health = stats.InputHealth(["rgb"])
     assert health.recent("rgb", 0, 5.0) is None
     health.record("rgb", "bad", 1_000_000_000)
     assert health.recent("rgb", 3_000_000_000, 5.0) == "bad"
@@ -202,12 +204,12 @@ def test_input_health_holds_errors_for_a_while():
 def test_overlay_blends_with_a_matching_camera_image():
     color = np.full((2, 2, 3), 200, np.uint8)
     camera = np.zeros((2, 2, 3), np.uint8)
-    assert node_core.overlay(color, camera, 0.5).tolist() == np.full((2, 2, 3), 100).tolist()
-    assert node_core.overlay(color, camera, 0.0) is color
-    assert node_core.overlay(color, None, 0.5) is color
-    assert node_core.overlay(color, np.zeros((3, 3), np.uint8), 0.5) is color  # another size: palette only
+    assert outputs.overlay(color, camera, 0.5).tolist() == np.full((2, 2, 3), 100).tolist()
+    assert outputs.overlay(color, camera, 0.0) is color
+    assert outputs.overlay(color, None, 0.5) is color
+    assert outputs.overlay(color, np.zeros((3, 3), np.uint8), 0.5) is color  # another size: palette only
     mono = np.full((2, 2), 255, np.uint8)
-    assert node_core.overlay(color, mono, 1.0).tolist() == np.full((2, 2, 3), 255).tolist()
+    assert outputs.overlay(color, mono, 1.0).tolist() == np.full((2, 2, 3), 255).tolist()
 
 
 # -- diagnostics ------------------------------------------------------------------------------------------------------
@@ -270,11 +272,11 @@ def test_projected_point_cloud_matches_the_lidar_image_the_models_are_trained_on
     meta = frame["meta"]
     info = msgs.numpy_to_camera_info(meta["intrinsics"], width=96, height=96, d=(0.0,) * 5, ros=False)
     cloud = msgs.numpy_to_pointcloud(np.ascontiguousarray(frame["lidar_points"][:, :3]), ros=False)
-    image = node_core.lidar_image(msgs.pointcloud_to_numpy(cloud), msgs.camera_from_info(info),
+    image = checks.lidar_image(msgs.pointcloud_to_numpy(cloud), msgs.camera_from_info(info),
                                   meta["camera_from_lidar"], "camera_info")
     both = (image > 0) & (frame["lidar"] > 0)
     assert both.sum() > 50
     ratio = np.median(image[both] / frame["lidar"][both])
     assert abs(ratio - 1.0) < 0.02, ratio
     with pytest.raises(MessageError, match="CameraInfo"):
-        node_core.lidar_image(msgs.pointcloud_to_numpy(cloud), None, meta["camera_from_lidar"], "camera_info")
+        checks.lidar_image(msgs.pointcloud_to_numpy(cloud), None, meta["camera_from_lidar"], "camera_info")

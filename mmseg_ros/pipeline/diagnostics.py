@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from .sync import NS_PER_S, InputCounts, InputState, InputStatus
+from ..sync import NS_PER_S, InputCounts, InputState, InputStatus
 
 OK, WARN, ERROR = 0, 1, 2  # diagnostic_msgs/DiagnosticStatus levels
 

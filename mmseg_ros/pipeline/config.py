@@ -14,8 +14,9 @@ import posixpath
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
-from . import cards, modalities
-from .errors import ConfigError
+from .. import cards, modalities
+from .. import precision as precisions
+from ..errors import ConfigError
 
 NODE_NAME = "segment_node"
 CLASS_NAMES_PARAMETER = "class_names"  # read-only, declared once the model is loaded
@@ -33,7 +34,7 @@ POINTS = "points"
 
 IDENTITY_4X4 = (1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0)
 DEVICES = ("auto", "cpu", "cuda")  # 'cuda:N' picks a GPU
-PRECISIONS = ("fp32", "fp16", "bf16")
+
 INPUT_QOS = ("sensor_data", "reliable")
 LIDAR_SOURCES = ("image", "points")
 
@@ -60,7 +61,8 @@ PARAMETERS: Tuple[Param, ...] = (
     Param("model.device", STRING, "auto", "auto (CUDA when available) | cpu | cuda | cuda:N", choices=DEVICES),
     Param("model.allow_cpu_fallback", BOOL, True,
           "when a CUDA device is requested but none is available, run on the CPU with a warning instead of failing"),
-    Param("model.precision", STRING, "fp32", "fp32 | fp16 | bf16 (half precisions on CUDA only)", choices=PRECISIONS),
+    Param("model.precision", STRING, "fp32", "fp32 | fp16 | bf16 (half precisions on CUDA only)",
+          choices=precisions.NAMES),
     Param("model.input_size", INTEGER, 0, "square model input in px (multiple of 32); 0 = the card's input size",
           low=0, high=4096, step=32),
     Param("model.cpu_threads", INTEGER, 1,
@@ -297,7 +299,8 @@ def _member(parameter_name: str, name: str, allowed: Tuple[str, ...]) -> str:
     except ConfigError as exc:
         raise ConfigError(f"parameter {parameter_name}: {exc}") from None
     if canonical not in allowed:
-        raise ConfigError(f"parameter {parameter_name}={name!r} is not one of the subscribed modalities {list(allowed)}")
+        raise ConfigError(f"parameter {parameter_name}={name!r} is not one of the subscribed modalities "
+                          f"{list(allowed)}")
     return canonical
 
 

@@ -42,233 +42,25 @@ SIGINT/SIGTERM.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
-import re
 import signal
 import sys
 import threading
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
 import numpy as np
 
-from . import modalities
-from .data.synthetic.bag import ENCODINGS  # the wire encodings: one table for bags and live topics
-from .errors import ConfigError
+from ..data.synthetic.schedule import (BAD_ENCODING, BAD_KINDS, ENCODINGS, BadMessage, Slot, bad_variant,
+                                       build_schedule, parse_bad, parse_drop, render, topics)
+from ..errors import ConfigError
 
-ALL = "all"
-BAD_ENCODING = "mmseg_unknown"
-BAD_KINDS = ("encoding", "truncated", "size", "nan", "stamp")
 QOS_CHOICES = ("sensor_data", "reliable")
 QUEUE_DEPTH = 5
-METRIC = ("depth", "lidar")  # float metres; `nan` applies to these
 STATUS_PERIOD_S = 1.0
-STAMP_BACKWARDS_NS = 1_000_000_000
 LATE_SKIP_S = 0.5  # a message this far behind schedule (the machine stalled) is skipped, as a real sensor would
 CLOCK_HZ = 100.0
 SETTLE_S = 0.3
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Command-line rules (pure; unit-tested without ROS).
-
-
-def _sensors() -> tuple:
-    from .data.synthetic import bag
-
-    return tuple(bag.LATENCY_S)
-
-
-def _sensor_name(text: str, what: str, allow_all: bool) -> str:
-    if allow_all and text == ALL:
-        return ALL
-    try:
-        name = modalities.get(text).name
-    except ConfigError:
-        name = None
-    if name not in _sensors():
-        known = (*_sensors(), ALL) if allow_all else _sensors()
-        raise ConfigError(f"{what}: unknown sensor {text!r}; known: {', '.join(known)}")
-    return name
-
-
-@dataclasses.dataclass(frozen=True)
-class DropWindow:
-    """Messages of `sensor` (or every sensor) with stamp time in [start, end) are not published."""
-
-    sensor: str
-    start: float
-    end: float = math.inf
-
-    def covers(self, sensor: str, t: float) -> bool:
-        return (self.sensor in (ALL, sensor)) and self.start <= t < self.end
-
-    def __str__(self):
-        return f"{self.sensor}@{self.start:g}-{'' if math.isinf(self.end) else f'{self.end:g}'}"
-
-
-@dataclasses.dataclass(frozen=True)
-class BadMessage:
-    """Replace the first image of `sensor` with stamp time >= `at` by a bad message of `kind`."""
-
-    sensor: str
-    kind: str
-    at: float
-
-    def __str__(self):
-        return f"{self.sensor}:{self.kind}@{self.at:g}"
-
-
-_NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"
-_DROP = re.compile(rf"([A-Za-z_]+)@{_NUMBER}-{_NUMBER}?")
-_BAD = re.compile(rf"([A-Za-z_]+):([a-z]+)@{_NUMBER}")
-
-
-def parse_drop(text: str) -> DropWindow:
-    match = _DROP.fullmatch(text.strip())
-    if not match:
-        raise ConfigError(f"--drop {text!r}: expected SENSOR@START-END or SENSOR@START- (seconds), e.g. depth@5-10")
-    sensor = _sensor_name(match.group(1), f"--drop {text!r}", allow_all=True)
-    start = float(match.group(2))
-    end = float(match.group(3)) if match.group(3) else math.inf
-    if end <= start:
-        raise ConfigError(f"--drop {text!r}: the end ({end:g} s) must come after the start ({start:g} s)")
-    return DropWindow(sensor, start, end)
-
-
-def parse_bad(text: str) -> BadMessage:
-    match = _BAD.fullmatch(text.strip())
-    if not match:
-        raise ConfigError(f"--bad {text!r}: expected SENSOR:KIND@SECONDS, e.g. depth:nan@3; "
-                          f"kinds: {', '.join(BAD_KINDS)}")
-    sensor = _sensor_name(match.group(1), f"--bad {text!r}", allow_all=False)
-    kind = match.group(2)
-    if kind not in BAD_KINDS:
-        raise ConfigError(f"--bad {text!r}: unknown kind {kind!r}; kinds: {', '.join(BAD_KINDS)}")
-    if kind == "nan" and sensor not in METRIC:
-        raise ConfigError(f"--bad {text!r}: kind 'nan' needs a float image sensor ({', '.join(METRIC)}), "
-                          f"not {sensor!r}")
-    return BadMessage(sensor, kind, float(match.group(3)))
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# The schedule of one pass over the pre-rendered frames.
-
-
-@dataclasses.dataclass
-class Slot:
-    """One message of the loop: when it is stamped and published, on which topic, and the prebuilt message."""
-
-    stamp_s: float  # stamp time within one pass (seconds after the pass starts)
-    publish_s: float  # stamp time + the sensor's transport latency
-    sensor: str  # drop group (rgb, depth, event, lidar) or "" for ground truth, which is never dropped
-    key: str  # topic key of the bag writer's TOPICS table
-    message: object
-    source: Optional[np.ndarray] = None  # the image array, for building a bad variant
-
-
-def topics() -> Dict[str, str]:
-    """Topic key -> relative topic name (the bag writer's absolute names without the leading slash)."""
-    from .data.synthetic import bag
-
-    return {key: name.lstrip("/") for key, (name, _) in bag.TOPICS.items()}
-
-
-def build_schedule(frames: Sequence[dict], rate_scale: float, points: bool, gt: bool, ros: bool | None = None):
-    """(slots sorted by publish time, loop period s, the LiDAR->camera extrinsic) for frames rendered with
-    `render_frame(i, all_events=True)`; indices must be consecutive so the loop keeps the sensors' cadence."""
-    from . import msgs
-    from .data.synthetic import bag
-    from .data.synthetic.encode import metres
-
-    if not frames:
-        raise ConfigError("at least one frame is needed")
-    stamps = [f["meta"]["stamps"] for f in frames]
-    base_ns = min(min(s["event"] + [s["rgb"], s["depth"], s["lidar"]]) for s in stamps)
-    camera_period = frames[1]["meta"]["time"] - frames[0]["meta"]["time"] if len(frames) > 1 else None
-    slots: List[Slot] = []
-
-    def add(sensor: str, key: str, stamp_ns: int, message, source=None, latency_of: str | None = None):
-        stamp_s = (stamp_ns - base_ns) / 1e9 / rate_scale
-        latency = bag.LATENCY_S[latency_of or sensor]
-        slots.append(Slot(stamp_s, stamp_s + latency, sensor, key, message, source))
-
-    def image(array, key, frame_id):
-        array = np.ascontiguousarray(array)
-        return msgs.numpy_to_image(array, ENCODINGS[key], msgs.Header(frame_id=frame_id), ros=ros), array
-
-    for frame in frames:
-        meta, stamp = frame["meta"], frame["meta"]["stamps"]
-        ids = meta["frame_ids"]
-        add("rgb", "rgb", stamp["rgb"], *image(frame["rgb"], "rgb", ids["rgb"]))
-        if points:
-            h, w = frame["rgb"].shape[:2]
-            info = msgs.numpy_to_camera_info(meta["intrinsics"], w, h, header=msgs.Header(frame_id=ids["rgb"]), ros=ros)
-            add("rgb", "camera_info", stamp["rgb"], info)
-        if gt:
-            add("", "labels", stamp["labels"], *image(frame["labels"], "labels", ids["rgb"]), latency_of="rgb")
-        add("depth", "depth", stamp["depth"], *image(metres(frame["depth"]), "depth", ids["depth"]))
-        add("lidar", "lidar", stamp["lidar"], *image(metres(frame["lidar"]), "lidar", ids["lidar"]))
-        if points:
-            cloud = _structured_points(frame["lidar_points"])
-            add("lidar", "points", stamp["lidar"],
-                msgs.numpy_to_pointcloud(cloud, msgs.Header(frame_id=ids["lidar_points"]), ros=ros))
-        events = frame.get("events") or [(meta["time"], frame["event"])]
-        for event_stamp, (_, event) in zip(stamp["event"][-len(events):], events):
-            add("event", "event", event_stamp, *image(event, "event", ids["event"]))
-    slots.sort(key=lambda s: s.publish_s)
-    if camera_period is None:
-        camera_period = 1.0 / _camera_hz()
-    period = camera_period * len(frames) / rate_scale
-    return slots, period, np.asarray(frames[0]["meta"]["camera_from_lidar"])
-
-
-def _camera_hz() -> float:
-    from .data.synthetic import config
-
-    return float(config.load().rig.rates.camera_hz)
-
-
-def _structured_points(xyzi: np.ndarray) -> np.ndarray:
-    xyzi = np.ascontiguousarray(xyzi, np.float32)
-    dtype = np.dtype([(name, "<f4") for name in ("x", "y", "z", "intensity")])
-    return xyzi.view(dtype).reshape(-1)
-
-
-def bad_variant(slot: Slot, kind: str, previous_stamp_ns: Optional[int], stamp_ns: int, ros: bool | None = None):
-    """(bad message, its header stamp in ns) replacing `slot`'s image (see BAD_KINDS in the module doc)."""
-    from . import msgs
-
-    encoding = slot.message.encoding
-    header = msgs.Header(frame_id=slot.message.header.frame_id)
-    source = slot.source
-    if kind == "size":
-        source = np.ascontiguousarray(source[::2, ::2])
-    elif kind == "nan":
-        source = np.full(source.shape, np.nan, np.float32)
-    message = msgs.numpy_to_image(source, encoding, header, ros=ros)
-    if kind == "encoding":
-        message.encoding = BAD_ENCODING
-    elif kind == "truncated":
-        message.data = message.data[: len(message.data) // 2]
-    elif kind == "stamp":
-        stamp_ns = (stamp_ns if previous_stamp_ns is None else previous_stamp_ns) - STAMP_BACKWARDS_NS
-    return message, stamp_ns
-
-
-def render(size: int, seed: int, condition: str, failure: str | None, count: int, log, stop=None) -> List[dict]:
-    from .data.synthetic.generator import SceneGenerator
-
-    generator = SceneGenerator(seed, size, condition, failure)
-    started = time.monotonic()
-    frames = []
-    for i in range(count):
-        if stop is not None and stop.is_set():
-            break
-        frames.append(generator.render_frame(i, all_events=True))
-        log(f"rendered frame {i + 1}/{count} ({time.monotonic() - started:.1f} s)", progress=True)
-    return frames
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -276,7 +68,7 @@ def render(size: int, seed: int, condition: str, failure: str | None, count: int
 
 
 def configure(parser):
-    from .data.synthetic import config
+    from ..data.synthetic import config
 
     parser.add_argument("--size", type=int, default=256, help="image height and width in px (default 256)")
     parser.add_argument("--rate-scale", type=float, default=1.0,
@@ -369,7 +161,7 @@ def main(args) -> int:
             return 0
         slots, period, extrinsic = build_schedule(frames, args.rate_scale, args.points, args.gt, ros=True)
         del frames
-        for key in publishers:  # the first serialisation of a type is slow (SPEC §3): not inside the schedule
+        for key in publishers:  # the first serialisation of a type is slow (~40 ms): not inside the schedule
             serialize_message(next(s.message for s in slots if s.key == key))
         if args.wait_subscribers and not _wait_for_subscribers(publishers, args.wait_subscribers, stop, log):
             return 0
@@ -411,7 +203,7 @@ def create_publishers(node, keys, qos_name: str) -> dict:
 
     from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 
-    from .data.synthetic import bag
+    from ..data.synthetic import bag
 
     if qos_name not in QOS_CHOICES:
         raise ConfigError(f"qos must be one of {QOS_CHOICES}, got {qos_name!r}")
@@ -530,7 +322,7 @@ class _Player:
 
     def _status(self, t: float, before: dict) -> None:
         rates = ", ".join(f"{k} {(self.sent[k] - before[k]) / STATUS_PERIOD_S:.0f}/s" for k in self.sent)
-        active = sorted({d.sensor for d in self.drops if d.start <= t < d.end})
+        active = sorted({d.sensor for d in self.drops if d.during(t)})
         late = (f"late p50 {np.median(self.late_ms):.1f} max {max(self.late_ms):.1f} ms" if self.late_ms
                 else "nothing sent")
         self.log(f"t={t:.0f}s {rates}; {late}" + (f"; dropping {', '.join(active)}" if active else ""))
@@ -544,7 +336,7 @@ def _counts(counts: dict) -> str:
     return ", ".join(f"{k} {v}" for k, v in counts.items() if v)
 
 
-if __name__ == "__main__":  # python -m mmseg_ros.sensors ...
-    from .cli import main as cli_main
+if __name__ == "__main__":  # python -m mmseg_ros.ros.sensors ...
+    from ..cli import main as cli_main
 
     sys.exit(cli_main(["sensors", *sys.argv[1:]]))

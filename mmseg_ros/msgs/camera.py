@@ -1,0 +1,190 @@
+"""The camera model (sensor_msgs/CameraInfo: pinhole + plumb_bob / rational_polynomial) and the projection of
+LiDAR points into it. Kept apart from the codecs, as image_geometry is in ROS."""
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+from numpy.polynomial import polynomial as poly
+
+from ..errors import MessageError
+from .pointcloud import pointcloud_xyz
+from .types import count_of, field_of, new_message, set_header
+
+# --------------------------------------------------------------------------------------------------------------------
+# Camera model and projection.
+
+DISTORTION_MODELS = {"plumb_bob": 5, "rational_polynomial": 8}
+
+
+@dataclass(frozen=True)
+class Camera:
+    """Validated pinhole intrinsics with optional plumb_bob / rational_polynomial distortion (OpenCV convention:
+    pixel centres at integer coordinates)."""
+
+    k: np.ndarray  # (3, 3)
+    d: np.ndarray  # distortion coefficients (k1, k2, p1, p2, k3[, k4, k5, k6]) or empty
+    distortion_model: str
+    width: int
+    height: int
+
+    @property
+    def distorted(self) -> bool:
+        return bool(self.d.size) and bool(np.any(self.d))
+
+    def fold_radius2(self) -> float:
+        """Squared normalised radius beyond which the radial model stops growing (it folds back, mapping points far
+        outside the field of view into the image); points there are dropped. inf when it never folds."""
+        if not self.distorted:
+            return np.inf
+        k1, k2, _, _, k3, *rest = (list(self.d) + [0.0] * 8)[:8]
+        num = np.array([1.0, k1, k2, k3])  # polynomials in s = r^2, lowest power first
+        den = np.array([1.0, *rest[:3]]) if self.distortion_model == "rational_polynomial" else np.array([1.0])
+        # d/dr [r * num(s) / den(s)] has the sign of (num + 2 s num') den - 2 s num den'.
+        s = np.array([0.0, 1.0])
+        growth = poly.polysub(
+            poly.polymul(poly.polyadd(num, 2 * poly.polymul(s, poly.polyder(num))), den),
+            2 * poly.polymul(poly.polymul(s, num), poly.polyder(den)),
+        )
+        roots = np.concatenate([poly.polyroots(poly.polytrim(growth)), poly.polyroots(poly.polytrim(den))])
+        real = roots.real[(np.abs(roots.imag) < 1e-12) & (roots.real > 0)]
+        return float(real.min()) if real.size else np.inf
+
+
+MAX_CAMERA_PIXELS = 2**26  # 8192 x 8192: beyond any camera (8K video is 7680 x 4320); a 256 MiB range image
+
+
+def _floats(info, name: str) -> np.ndarray:
+    values = field_of(info, name, "CameraInfo")
+    try:
+        return np.asarray(values, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise MessageError(f"CameraInfo.{name} must be a list of numbers, got {values!r}") from None
+
+
+def camera_from_info(info) -> Camera:
+    """Validate a CameraInfo (K, D, distortion_model, width, height) into a Camera."""
+    width, height = count_of(info, "width", "CameraInfo"), count_of(info, "height", "CameraInfo")
+    if width == 0 or height == 0:
+        raise MessageError(f"CameraInfo has zero size: width={width}, height={height}")
+    if width * height > MAX_CAMERA_PIXELS:  # a projection allocates one float per pixel
+        raise MessageError(f"CameraInfo size {width}x{height} exceeds {MAX_CAMERA_PIXELS} pixels")
+    k = _floats(info, "k")
+    if k.size != 9 or not np.isfinite(k).all():
+        raise MessageError(f"CameraInfo.k must be 9 finite numbers, got {k.tolist()}")
+    if not np.any(k):
+        raise MessageError("CameraInfo.k is all zero (an uncalibrated camera); cannot project")
+    if k[0] <= 0 or k[4] <= 0 or k[3] != 0 or k[6] != 0 or k[7] != 0 or k[8] != 1:
+        raise MessageError(
+            f"CameraInfo.k must be [fx, s, cx, 0, fy, cy, 0, 0, 1] with fx, fy > 0, got {k.tolist()}"
+        )
+    d = _floats(info, "d")
+    model = field_of(info, "distortion_model", "CameraInfo") or ""
+    if not np.isfinite(d).all():
+        raise MessageError(f"CameraInfo.d must be finite, got {d.tolist()}")
+    if np.any(d):
+        if model not in DISTORTION_MODELS:
+            raise MessageError(
+                f"CameraInfo.distortion_model {model!r} is not supported; supported: {', '.join(DISTORTION_MODELS)}"
+            )
+        if d.size != DISTORTION_MODELS[model]:
+            raise MessageError(
+                f"CameraInfo.d has {d.size} coefficients, {model} needs {DISTORTION_MODELS[model]}: {d.tolist()}"
+            )
+    return Camera(k.reshape(3, 3), d, model, width, height)
+
+
+def numpy_to_camera_info(k, width: int, height: int, d=(), distortion_model: str = "plumb_bob", header=None, *,
+                         ros: bool | None = None):
+    """Build a CameraInfo (R identity, P = [K | 0]) and validate it like a received one."""
+    msg = new_message("CameraInfo", ros)
+    set_header(msg, header)
+    k = np.asarray(k, dtype=np.float64).reshape(-1)
+    msg.width, msg.height, msg.distortion_model = int(width), int(height), distortion_model
+    msg.k = [float(v) for v in k]
+    msg.d = [float(v) for v in np.asarray(d, dtype=np.float64).reshape(-1)]
+    msg.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    camera_from_info(msg)
+    msg.p = [*k[0:3], 0.0, *k[3:6], 0.0, *k[6:9], 0.0]
+    return msg
+
+
+def _extrinsic(matrix) -> np.ndarray:
+    t = np.asarray(matrix, dtype=np.float64)
+    if t.shape != (4, 4) or not np.isfinite(t).all() or not np.allclose(t[3], [0.0, 0.0, 0.0, 1.0]):
+        raise MessageError(
+            f"extrinsic must be a finite 4x4 rigid transform with last row [0, 0, 0, 1], got {t.tolist()}"
+        )
+    return t
+
+
+PROJECTION_VALUES = ("range", "depth")
+
+
+def project_points(points, camera: Camera, extrinsic, *, value: str = "range", min_depth: float = 1e-3) -> np.ndarray:
+    """Project (N, 3) LiDAR points into `camera` as a float32 (height, width) image, 0 where no point lands.
+
+    extrinsic: 4x4 transform taking LiDAR-frame points to the camera optical frame (z forward, x right, y down).
+    value: 'range' writes the distance the LiDAR measured (norm in the LiDAR frame), 'depth' the camera z.
+    Points with camera z <= min_depth (behind the camera) or beyond the distortion model's fold are dropped; where
+    several points hit a pixel the one nearest to the camera (smallest z) wins.
+    """
+    if value not in PROJECTION_VALUES:
+        raise MessageError(f"value must be one of {PROJECTION_VALUES}, got {value!r}")
+    pts = np.asarray(points, dtype=np.float64)
+    if pts.ndim != 2 or pts.shape[1] != 3:
+        raise MessageError(f"points must have shape (N, 3), got {pts.shape}")
+    t = _extrinsic(extrinsic)
+    image = np.zeros((camera.height, camera.width), dtype=np.float32)
+    # Written out per axis: a BLAS matmul with 3 columns is slower, and badly so when other processes hold the cores.
+    px, py, pz = pts[:, 0], pts[:, 1], pts[:, 2]
+    cx, cy, z = (t[i, 0] * px + t[i, 1] * py + t[i, 2] * pz + t[i, 3] for i in range(3))
+    with np.errstate(divide="ignore", invalid="ignore"):  # points behind the camera or NaN are masked out here
+        keep = z > min_depth
+        x, y = cx / z, cy / z
+        if camera.distorted:
+            x, y, inside = _distort(x, y, camera)
+            keep &= inside
+        k = camera.k
+        u = np.floor(k[0, 0] * x + k[0, 1] * y + k[0, 2] + 0.5)
+        v = np.floor(k[1, 1] * y + k[1, 2] + 0.5)
+        keep &= (u >= 0) & (u < camera.width) & (v >= 0) & (v < camera.height)
+    hit = np.flatnonzero(keep)
+    if not hit.size:
+        return image
+    pixel = v[hit].astype(np.int64) * camera.width + u[hit].astype(np.int64)
+    depth = z[hit]
+    # One sort groups the points by pixel with the nearest first: the key is the pixel index plus the depth scaled
+    # into [0, 1) (float64 keeps depth differences above ~1e-9 of the largest depth apart).
+    order = np.argsort(pixel + depth / (depth.max() * (1 + 1e-6)))
+    sorted_pixels = pixel[order]
+    first = np.ones(order.size, dtype=bool)
+    np.not_equal(sorted_pixels[1:], sorted_pixels[:-1], out=first[1:])
+    winners = hit[order[first]]
+    with np.errstate(over="ignore", invalid="ignore"):
+        if value == "range":
+            values = np.sqrt(px[winners] ** 2 + py[winners] ** 2 + pz[winners] ** 2).astype(np.float32)
+        else:
+            values = z[winners].astype(np.float32)
+    values[~np.isfinite(values)] = 0.0  # beyond float32 (a broken driver's 1e39 m): no return, as documented
+    image.reshape(-1)[sorted_pixels[first]] = values
+    return image
+
+
+def _distort(x: np.ndarray, y: np.ndarray, camera: Camera):
+    """Apply plumb_bob / rational_polynomial to normalised coordinates; also the mask of points inside the fold."""
+    k1, k2, p1, p2, k3, k4, k5, k6 = (list(camera.d) + [0.0] * 8)[:8]
+    r2 = x * x + y * y
+    inside = r2 < camera.fold_radius2()
+    radial = (1 + r2 * (k1 + r2 * (k2 + r2 * k3))) / (1 + r2 * (k4 + r2 * (k5 + r2 * k6)))
+    xy = x * y
+    xd = x * radial + 2 * p1 * xy + p2 * (r2 + 2 * x * x)
+    yd = y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * xy
+    return xd, yd, inside
+
+
+def pointcloud_to_range_image(cloud, camera_info, extrinsic, *, value: str = "range",
+                              names: Sequence[str] = ("x", "y", "z")) -> np.ndarray:
+    """PointCloud2 + CameraInfo (or Camera) + 4x4 LiDAR->camera transform -> sparse float32 range image."""
+    camera = camera_info if isinstance(camera_info, Camera) else camera_from_info(camera_info)
+    return project_points(pointcloud_xyz(cloud, names), camera, extrinsic, value=value)

@@ -1,0 +1,272 @@
+"""The per-set data path of segment_node without ROS: decode and check each input message, synchronize, run the model
+on whatever subset arrived, build the outputs, and keep every counter the diagnostics report.
+
+Time is always an argument (int nanoseconds), never read from a clock: the node passes its clock's time, the offline
+replay the bag's log time, so a replay is deterministic. The same object serves the node (callbacks call `add`, one
+worker calls `poll` and `process`, a timer calls `report`), the offline replay, the node benchmark and the demo.
+
+    pipeline = Pipeline(config, segmenter, on_bad_input=log)
+    ready = pipeline.add("rgb", image_msg, now)           # decode + checks + synchronizer -> sets ready now
+    ready += pipeline.poll(now)                            # sets whose max_wait ran out
+    for sset in ready:
+        output = pipeline.process(sset, now)               # SegmentedSet, or None (below min_modalities)
+        ...publish or write output...
+        pipeline.published(output, now_after)              # latency, rates, last output
+    statuses = pipeline.report(now, "segment_node", topics)  # plain diagnostics statuses
+
+Thread safety: `add` from one thread (the callbacks), `poll`/`process`/`published` from one worker, `report` from
+any; the synchronizer and the statistics lock themselves, and each counter has a single writer.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+
+import numpy as np
+
+from .. import msgs
+from ..errors import MessageError, MMSegError
+from ..sync import NS_PER_S, SyncConfig, SyncSet, Synchronizer, stamp_to_ns
+from . import checks, diagnostics, outputs
+from .config import CAMERA, LIDAR, POINTS, NodeConfig
+from .stats import InputHealth, LatencyWindow, RateMeter
+
+BadInputHandler = Callable[[str, str, int], None]  # (input name, reason, now ns)
+
+
+@dataclass(frozen=True)
+class InputMessage:
+    """An accepted input message as the synchronizer holds it: its header and the decoded image, or for a LiDAR
+    cloud its points (projected only when its set is processed, so superseded sets cost nothing)."""
+
+    header: Any
+    image: Optional[np.ndarray] = None
+    points: Optional[np.ndarray] = None
+
+
+@dataclass
+class SegmentedSet:
+    """One processed set: what went in and what came out. `used` None means not known (outputs read back from a
+    running node do not say which inputs went in)."""
+
+    index: int
+    stamp_ns: int  # the anchor's header stamp: the stamp of the outputs
+    arrival_ns: int  # when the anchor message arrived (node clock or bag log time)
+    anchor: str
+    used: Optional[Tuple[str, ...]]  # modalities the engine received, card order
+    missing: Dict[str, str]  # absent modality -> reason (the synchronizer's Missing, or 'rejected')
+    timing: Dict[str, float]  # ms per stage: checks, preprocess, forward, postprocess, total (engine), overlay
+    header: Any  # the header the outputs carry
+    labels: Optional[np.ndarray]
+    confidence: Optional[np.ndarray]
+    color: Optional[np.ndarray] = None
+    images: Optional[Dict[str, np.ndarray]] = None  # the engine's inputs (views of the messages)
+    router: Dict[str, Any] = field(default_factory=dict)  # router.<level>.<modality> -> weight (MLE-SAM)
+
+
+@dataclass
+class InputCounters:
+    """Per input: messages handed to `add`, accepted (given to the synchronizer), rejected by a check, and stamps
+    that went backwards (reported, still synchronized)."""
+
+    received: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    backwards: int = 0
+
+
+class Pipeline:
+    def __init__(self, config: NodeConfig, segmenter, *, color: Optional[bool] = None,
+                 output_size: Optional[Tuple[int, int]] = None, on_bad_input: Optional[BadInputHandler] = None,
+                 camera_info_source: str = "camera_info", keep_all_samples: bool = False):
+        """`color` (default: config.publish_color) builds the overlay; `output_size` (default: the anchor image's)
+        sizes the outputs; `on_bad_input` hears every rejection (the node logs it, the replay may give up);
+        `keep_all_samples` keeps every timing sample instead of the last 200 (a replay reports them all)."""
+        self.config = config
+        self.segmenter = segmenter
+        self.color = config.publish_color if color is None else bool(color)
+        self.output_size = output_size
+        self.on_bad_input = on_bad_input
+        self.camera_info_source = camera_info_source
+        self.sync = Synchronizer(SyncConfig.from_seconds(
+            config.modalities, anchor=config.anchor, fallback=config.fallback, slop=config.slop,
+            max_wait=config.max_wait, silence_timeout=config.anchor_timeout, min_modalities=config.min_modalities))
+        self.health = InputHealth(config.modalities)
+        self.inputs = {name: InputCounters() for name in config.modalities}
+        self._order = checks.StampOrder()
+        self._sizes = checks.SizeGuard()
+        self._points = config.lidar_source == POINTS
+        self._camera: Optional[msgs.Camera] = None
+        window = None if keep_all_samples else 200
+        self.decode_ms, self.wait_ms, self.model_ms, self.latency_ms = (LatencyWindow(window) for _ in range(4))
+        self.rate_in, self.rate_out = RateMeter(), RateMeter()
+        self.processed = 0  # sets segmented
+        self.published_count = 0
+        self.below_min = 0  # sets given up after the synchronizer: unusable anchor, or too few usable inputs
+        self.superseded = 0  # sets replaced before they were processed (the node's latest-wins hand-off)
+        self.anchor_counts = {m: 0 for m in config.modalities}  # processed sets per anchor
+        self.used_counts = {m: 0 for m in config.modalities}  # processed sets each modality went into
+        self._last_used: Tuple[str, ...] = ()
+        self._last_output_ns: Optional[int] = None
+        self._router: Dict[str, Any] = {}
+
+    # -- inputs -----------------------------------------------------------------------------------------------------
+
+    def add(self, name: str, msg, now_ns: int) -> List[SyncSet]:
+        """One input message at its arrival time: decoded, checked and given to the synchronizer. Returns the sets
+        ready now (oldest first); a rejected message is counted, reported to `on_bad_input` and returns []."""
+        item = self.decode(name, msg, now_ns)
+        if item is None:
+            return []
+        return self.offer(name, item, now_ns)
+
+    def decode(self, name: str, msg, now_ns: int) -> Optional[InputMessage]:
+        """The checks of `add` before the synchronizer: an InputMessage, or None when rejected (counted)."""
+        counters = self.inputs[name]
+        counters.received += 1
+        begin = time.perf_counter()
+        try:
+            stamp_to_ns(msg.header.stamp)  # a malformed stamp is this message's fault: reject it here
+            if name == LIDAR and self._points:
+                item = InputMessage(msg.header, points=msgs.pointcloud_to_numpy(msg))
+            else:
+                image = checks.decode_input(name, msg)
+                wrong_size = self._sizes.check(name, image)
+                if wrong_size:
+                    raise MessageError(wrong_size)
+                item = InputMessage(msg.header, image=image)
+        except MessageError as exc:
+            self.reject(name, str(exc), now_ns)
+            return None
+        self.decode_ms.add(1e3 * (time.perf_counter() - begin))
+        return item
+
+    def offer(self, name: str, item: InputMessage, now_ns: int) -> List[SyncSet]:
+        """A decoded message to the synchronizer (stamp order checked: a backwards stamp is reported, still given)."""
+        counters = self.inputs[name]
+        stamp = stamp_to_ns(item.header.stamp)
+        backwards = self._order.check(name, stamp)
+        if backwards:
+            counters.backwards += 1
+            self._bad_input(name, backwards, now_ns)
+        try:
+            ready = self.sync.add(name, stamp, item, now_ns)
+        except MMSegError as exc:
+            self.reject(name, str(exc), now_ns)
+            return []
+        counters.accepted += 1
+        return self._ready(ready, now_ns)
+
+    def add_camera_info(self, msg, now_ns: int) -> None:
+        """A CameraInfo of the camera LiDAR points are projected into (the newest one is used)."""
+        try:
+            self._camera = msgs.camera_from_info(msg)
+        except MessageError as exc:
+            self._bad_input(LIDAR, f"CameraInfo on {self.camera_info_source}: {exc}", now_ns)
+
+    def poll(self, now_ns: int) -> List[SyncSet]:
+        """Sets whose max_wait ran out by `now_ns` (the node polls every 10 ms; a replay before each message)."""
+        return self._ready(self.sync.poll(now_ns), now_ns)
+
+    def reject(self, name: str, reason: str, now_ns: int) -> None:
+        """Count a rejected message of `name` and report it."""
+        self.inputs[name].rejected += 1
+        self._bad_input(name, reason, now_ns)
+
+    def _bad_input(self, name: str, reason: str, now_ns: int) -> None:
+        self.health.record(name, reason, now_ns)
+        if self.on_bad_input is not None:
+            self.on_bad_input(name, reason, now_ns)
+
+    def _ready(self, ready: List[SyncSet], now_ns: int) -> List[SyncSet]:
+        for _ in ready:
+            self.rate_in.tick(now_ns)
+        return ready
+
+    # -- sets -------------------------------------------------------------------------------------------------------
+
+    def process(self, sset: SyncSet, now_ns: int) -> Optional[SegmentedSet]:
+        """Segment one set: the anchor first (it sets the size), the other inputs checked against it, at least
+        min_modalities usable, then the engine and the overlay. None when the set is given up (counted)."""
+        cfg = self.config
+        begin = time.perf_counter()
+        images: Dict[str, np.ndarray] = {}
+        missing = {name: reason.value for name, reason in sset.missing.items()}
+        anchor_size = None
+        for name in (sset.anchor, *(n for n in sset.messages if n != sset.anchor)):
+            item: InputMessage = sset.messages[name].payload
+            try:
+                image = item.image if item.image is not None else self._project(item.points)
+                if anchor_size is None:
+                    anchor_size = checks.size_of(image)
+                elif not cfg.allow_size_mismatch:
+                    reason = checks.size_mismatch(name, image, sset.anchor, anchor_size)
+                    if reason:
+                        raise MessageError(reason)
+            except MessageError as exc:
+                self.reject(name, str(exc), now_ns)
+                if anchor_size is None:  # the anchor itself is unusable: the set has no size to segment at
+                    self.below_min += 1
+                    return None
+                missing[name] = "rejected"
+                continue
+            images[name] = image
+        if len(images) < cfg.min_modalities:
+            self.below_min += 1
+            return None
+        anchor = sset.messages[sset.anchor]
+        self.wait_ms.add((now_ns - anchor.arrival_ns) / 1e6)
+        checked = time.perf_counter()
+        result = self.segmenter.segment(images, output_size=self.output_size or anchor_size)
+        segmented = time.perf_counter()
+        color = None
+        if self.color:
+            color = outputs.overlay(cfg.card.class_set.colorize(result.labels), images.get(CAMERA), cfg.color_alpha)
+        timing = {"checks": 1e3 * (checked - begin), **result.timing,
+                  "overlay": 1e3 * (time.perf_counter() - segmented)}
+        output = SegmentedSet(
+            index=self.processed, stamp_ns=sset.stamp_ns, arrival_ns=anchor.arrival_ns, anchor=sset.anchor,
+            used=tuple(result.modalities), missing=missing, timing=timing, header=anchor.payload.header,
+            labels=result.labels, confidence=result.confidence, color=color, images=images,
+            router=outputs.router_summary(result.router_weights))
+        self.processed += 1
+        self.anchor_counts[output.anchor] += 1
+        for name in output.used:
+            self.used_counts[name] += 1
+        self.model_ms.add(result.timing["total"])
+        return output
+
+    def published(self, output: SegmentedSet, now_ns: int) -> None:
+        """`output` went out at `now_ns`: rates, anchor-stamp-to-publish latency, what the last output used."""
+        self.published_count += 1
+        self.rate_out.tick(now_ns)
+        self.latency_ms.add((now_ns - output.stamp_ns) / 1e6)
+        self._last_used, self._last_output_ns, self._router = tuple(output.used or ()), now_ns, output.router
+
+    def _project(self, points: np.ndarray) -> np.ndarray:
+        return checks.lidar_image(points, self._camera, self.config.lidar_extrinsic, self.camera_info_source)
+
+    # -- diagnostics ------------------------------------------------------------------------------------------------
+
+    def report(self, now_ns: int, node_name: str, topics: Mapping[str, str]) -> List[diagnostics.Status]:
+        """The node's status, then one per input, as plain data (`diagnostics.statuses`)."""
+        cfg = self.config
+        status, stats = self.sync.status(now_ns), self.sync.stats()
+        inputs = []
+        for name in cfg.modalities:
+            errors = self.health.get(name)
+            inputs.append(diagnostics.InputReport(
+                name=name, topic=topics.get(name, ""), status=status[name], counts=stats.inputs[name],
+                recent_error=self.health.recent(name, now_ns, cfg.error_hold), bad_messages=errors.count,
+                last_error=errors.last_error, used_in_last_output=name in self._last_used))
+        last = self._last_output_ns
+        report = diagnostics.NodeReport(
+            card=cfg.card.name, device=str(self.segmenter.device), anchor=self.sync.anchor,
+            rate_in_hz=self.rate_in.rate(now_ns), rate_out_hz=self.rate_out.rate(now_ns),
+            published=self.published_count, sets_emitted=stats.sets_emitted, dropped_superseded=self.superseded,
+            dropped_below_min=stats.sets_below_min + self.below_min, latency_ms=self.latency_ms.percentiles(),
+            wait_ms=self.wait_ms.percentiles(), model_ms=self.model_ms.percentiles(),
+            modalities_used=self._last_used, last_output_age_s=None if last is None else (now_ns - last) / NS_PER_S,
+            extra=self._router)
+        return diagnostics.statuses(node_name, report, inputs, now_ns, cfg.diagnostics_period)
