@@ -23,6 +23,7 @@ COMMANDS = {
     "replay": ("mmseg_ros.replay.cli", "replay a rosbag2 through the model and score it"),
     "node": ("mmseg_ros.ros.node", "run the segment node (same as segment_node)"),
     "sensors": ("mmseg_ros.ros.sensors", "publish synthetic sensor topics live over DDS"),
+    "dds": ("mmseg_ros.ros.dds", "DDS set-up for camera drivers: `mmseg dds env` prints the lines their shell needs"),
     "bench": ("mmseg_ros.bench", "benchmarks: codec, model, node, train"),
 }
 

@@ -55,7 +55,8 @@ def counter_of(image: np.ndarray, encoding: str) -> int:
 def _transport(no_profile: bool) -> str:
     # Must happen before rclpy.init(): Fast DDS reads its profile when the participant is created.
     if no_profile:
-        os.environ.pop(dds.PROFILE_VARIABLE, None)
+        for name in dds.PROFILE_VARIABLES:
+            os.environ.pop(name, None)
         os.environ["SKIP_DEFAULT_XML_FILE"] = "1"  # nor a DEFAULT_FASTDDS_PROFILES.xml in the working directory
         return "fast dds built-in transports"
     return str(dds.configure_transport())

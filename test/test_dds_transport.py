@@ -25,18 +25,57 @@ RATE_HZ = 10.0  # leaves the subscriber 0.5 s of slack (sensor-data QoS keeps 5)
 
 # ---- configure_transport and the profile file ------------------------------------------------------------------------
 
-def test_configure_transport_sets_the_shipped_profile_when_unset():
+def test_configure_transport_sets_the_shipped_profile_for_both_fast_dds_generations():
     environ = {}
     done = dds.configure_transport(environ)
-    assert done.changed and environ[dds.PROFILE_VARIABLE] == done.value == str(dds.profile_path())
+    shipped = str(dds.profile_path())
+    assert done.changed and done.value == shipped
+    assert environ == {dds.FASTDDS_3: shipped, dds.FASTDDS_2: shipped}  # 3.x (Kilted) and 2.x (Humble, Jazzy) names
     assert Path(done.value).is_file() and done.value.endswith("config/fastdds_shm.xml")
 
 
+@pytest.mark.parametrize("name", dds.PROFILE_VARIABLES)
 @pytest.mark.parametrize("user_value", ["/etc/my_profile.xml", ""])
-def test_configure_transport_keeps_the_users_choice(user_value):
-    environ = {dds.PROFILE_VARIABLE: user_value}
+def test_configure_transport_keeps_the_users_choice_of_either_name(name, user_value):
+    environ = {name: user_value}
     done = dds.configure_transport(environ)
-    assert not done.changed and environ == {dds.PROFILE_VARIABLE: user_value} and done.value == user_value
+    assert not done.changed and environ == {name: user_value} and done.value == user_value
+    assert "kept" in str(done)
+
+
+def test_fast_dds_generation_is_read_from_the_installed_library(tmp_path):
+    (tmp_path / "two").mkdir()
+    (tmp_path / "two" / "libfastrtps.so.2.14").write_bytes(b"")
+    (tmp_path / "three").mkdir()
+    (tmp_path / "three" / "libfastdds.so.3.2.2").write_bytes(b"")
+    assert dds.fastdds_generation(search=[str(tmp_path / "two")]) == 2
+    assert dds.fastdds_generation(search=[str(tmp_path / "three")]) == 3
+    assert dds.fastdds_generation(search=[str(tmp_path)]) is None
+    assert dds.fastdds_generation() in (2, 3)  # this environment's own ROS wheels
+
+
+def test_env_lines_name_the_variable_the_installed_fast_dds_reads(tmp_path):
+    profile = tmp_path / "p.xml"
+    assert [line for line in dds.env_lines(2, profile, {}) if not line.startswith("#")] == \
+        [f"export FASTRTPS_DEFAULT_PROFILES_FILE={profile}"]
+    assert [line for line in dds.env_lines(3, profile, {}) if not line.startswith("#")] == \
+        [f"export FASTDDS_DEFAULT_PROFILES_FILE={profile}"]
+    unknown = [line for line in dds.env_lines(None, profile, {}) if not line.startswith("#")]
+    assert unknown == [f"export {name}={profile}" for name in dds.PROFILE_VARIABLES]
+    noted = dds.env_lines(3, profile, {dds.FASTDDS_3: "/mine.xml"})
+    assert any("already set" in line and "/mine.xml" in line for line in noted)
+
+
+def test_mmseg_dds_env_prints_lines_a_shell_can_source(tmp_path):
+    out = subprocess.run([str(Path(sys.executable).with_name("mmseg")), "dds", "env"], capture_output=True,
+                         text=True, check=True).stdout
+    exports = [line for line in out.splitlines() if line.startswith("export ")]
+    assert exports and all(line.endswith("config/fastdds_shm.xml") for line in exports)
+    env = {k: v for k, v in os.environ.items() if k not in dds.PROFILE_VARIABLES}
+    shown = subprocess.run(["bash", "-c", out + "\nenv"], capture_output=True, text=True, env=env, check=True).stdout
+    for line in exports:
+        name, value = line[len("export "):].split("=", 1)
+        assert f"{name}={value}" in shown and Path(value).is_file()
 
 
 def test_profile_is_a_default_participant_with_a_large_shm_segment_and_udp():
@@ -71,7 +110,8 @@ def _events(text: str) -> dict:
 def exchange(profile: bool, frames: int) -> dict:
     """Run a subscriber and a publisher process; returns the subscriber's result and the publisher's report."""
     env = dict(os.environ)
-    env.pop(dds.PROFILE_VARIABLE, None)  # the peers decide: shipped profile, or none at all
+    for name in dds.PROFILE_VARIABLES:  # the peers decide: shipped profile, or none at all
+        env.pop(name, None)
     flag = [] if profile else ["--no-profile"]
     cmd = [sys.executable, str(PEER)]
     # Both start at once (the publisher waits until it has matched the subscriber), saving a process start-up.

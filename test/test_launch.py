@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from mmseg_ros import modalities
+from mmseg_ros.ros import launch_args
 from mmseg_ros.pipeline import config as node_config
 from mmseg_ros.pipeline.config import NodeConfig
 
@@ -146,7 +147,15 @@ def test_files_it_names_exist_and_are_installed():
 
 def test_every_launch_argument_is_declared_and_used():
     declared = RESOLVER.names_in_calls({"DeclareLaunchArgument"})
-    used = RESOLVER.names_in_calls({"arg", "LaunchConfiguration"})
+    asked = []  # the arguments launch_args reads on the launch file's behalf
+
+    def recorder(name):
+        asked.append(name)
+        return ""
+
+    launch_args.remappings(recorder)
+    launch_args.parameter_overrides(recorder)
+    used = RESOLVER.names_in_calls({"arg", "LaunchConfiguration"}) | set(asked)
     assert {"params_file", "namespace", "model", "checkpoint", "device"} <= declared
     assert set(C["TOPIC_ARGUMENTS"]) <= declared
     assert declared == used, f"declared only: {declared - used}; used only: {used - declared}"
@@ -155,19 +164,37 @@ def test_every_launch_argument_is_declared_and_used():
 def test_overridden_parameters_and_remapped_topics_are_the_nodes():
     params = set(C["PARAMETER_ARGUMENTS"].values())
     assert params <= set(node_config.PARAMETER_NAMES) | set(ROS_PARAMETERS), params
-    assert set(C["BOOLEAN_PARAMETERS"]) <= params
-    for name in C["BOOLEAN_PARAMETERS"]:
+    assert set(launch_args.BOOLEAN_PARAMETERS) <= params
+    for name in launch_args.BOOLEAN_PARAMETERS:
         assert name in ROS_PARAMETERS or node_config.parameter(name).type == node_config.BOOL
     remapped = {modalities.get(m).name for m in C["TOPIC_ARGUMENTS"].values()}
     assert len(remapped) == len(C["TOPIC_ARGUMENTS"])
     # The node subscribes to these relative names (registry topics), which the remaps must name as sources.
-    assert "node_config.input_topics" in SOURCE and "node_config.camera_info_topic" in SOURCE
+    rules = Path(launch_args.__file__).read_text()
+    assert "node_config.input_topics" in rules and "node_config.camera_info_topic" in rules
+    # Output remaps name the node's private topics (segment.SegmentNodeCore publishes "~/<output>").
+    segment = (ROOT / "mmseg_ros" / "ros" / "segment.py").read_text()
+    for source in C["OUTPUT_ARGUMENTS"].values():
+        assert source.startswith("~/") and f'"{source}"' in segment, source
+
+
+def test_camera_info_follows_the_camera_topic_unless_remapped():
+    args = {"rgb_topic": "/sensing/camera/front/image_raw", "labels_topic": "/perception/labels"}
+    remaps = dict(launch_args.remappings(lambda name: args.get(name, "")))
+    assert remaps["rgb/image"] == "/sensing/camera/front/image_raw"
+    assert remaps["rgb/camera_info"] == "/sensing/camera/front/camera_info"
+    assert remaps["~/labels"] == "/perception/labels"
+    args["camera_info_topic"] = "/calib/front"
+    assert dict(launch_args.remappings(lambda name: args.get(name, "")))["rgb/camera_info"] == "/calib/front"
+    assert launch_args.remappings(lambda name: "") == []
+    assert launch_args.parameter_overrides({"use_sim_time": "True", "model": "x"}.get) == \
+        {"use_sim_time": True, "model.card": "x"}
 
 
 def test_params_file_declares_only_node_parameters_and_validates():
     data = yaml.safe_load((ROOT / C["PARAMS_FILE"]).read_text())
-    assert list(data) == [node_config.NODE_NAME]
-    values = node_config.flatten(data[node_config.NODE_NAME]["ros__parameters"])
+    assert list(data) == ["/**"]  # matches the node under any namespace and name (launch files, remapped names)
+    values = node_config.flatten(data["/**"]["ros__parameters"])
     unknown = set(values) - set(node_config.PARAMETER_NAMES) - set(ROS_PARAMETERS)
     assert not unknown, f"config/segment.yaml sets undeclared parameters {sorted(unknown)}"
     undocumented = set(node_config.PARAMETER_NAMES) - set(values)
