@@ -44,7 +44,7 @@ def _profile_environment():
     if any(name in os.environ for name in dds.PROFILE_VARIABLES):
         return {}
     profile = os.path.join(get_package_share_directory(PACKAGE), DDS_PROFILE)
-    return {name: profile for name in dds.PROFILE_VARIABLES}
+    return {name: profile for name in dds.profile_variables(dds.fastdds_generation())}
 
 
 def _node(context):

@@ -25,13 +25,22 @@ RATE_HZ = 10.0  # leaves the subscriber 0.5 s of slack (sensor-data QoS keeps 5)
 
 # ---- configure_transport and the profile file ------------------------------------------------------------------------
 
-def test_configure_transport_sets_the_shipped_profile_for_both_fast_dds_generations():
-    environ = {}
-    done = dds.configure_transport(environ)
+@pytest.mark.parametrize("generation, names", [(3, [dds.FASTDDS_3]), (2, [dds.FASTDDS_2]),
+                                               (None, list(dds.PROFILE_VARIABLES))])
+def test_configure_transport_sets_the_variable_the_fast_dds_generation_reads(tmp_path, generation, names):
+    environ = {"AMENT_PREFIX_PATH": str(tmp_path)}  # no library there: only `generation` decides
+    done = dds.configure_transport(environ, generation=generation) if generation else \
+        dds.configure_transport(environ, generation=0)
     shipped = str(dds.profile_path())
     assert done.changed and done.value == shipped
-    assert environ == {dds.FASTDDS_3: shipped, dds.FASTDDS_2: shipped}  # 3.x (Kilted) and 2.x (Humble, Jazzy) names
+    assert {k: v for k, v in environ.items() if k != "AMENT_PREFIX_PATH"} == {name: shipped for name in names}
     assert Path(done.value).is_file() and done.value.endswith("config/fastdds_shm.xml")
+
+
+def test_configure_transport_finds_the_installed_generation():
+    environ = {}
+    done = dds.configure_transport(environ)
+    assert [name for name, _ in done.values] == [dds.VARIABLE_OF_GENERATION[dds.fastdds_generation()]]
 
 
 @pytest.mark.parametrize("name", dds.PROFILE_VARIABLES)

@@ -630,7 +630,7 @@ def test_running_node_keeps_publishing_through_fuzzed_inputs(tmp_path):
     labels_topic = f"{NODE_NS}/{live.NODE}/labels"
     listener.watch_images(labels_topic, live.check_labels)
     listener.watch_latched(f"{NODE_NS}/{live.NODE}/class_names")
-    listener.watch_diagnostics(f"{NODE_NS}/{live.NODE}: ")
+    listener.watch_diagnostics(f"{NODE_NS}/{live.NODE}")
     qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
     topics = node_config.input_topics(["rgb", "depth", "event", "lidar"], "points")
     publishers = {name: listener.node.create_publisher(PointCloud2 if name == "lidar" else Image,
@@ -694,17 +694,17 @@ def test_running_node_keeps_publishing_through_fuzzed_inputs(tmp_path):
     answered = {o.stamp for o in outputs}
     assert answered <= set(valid_stamps), "an output carries the stamp of a rejected message"
     assert all(o.ok and (o.width, o.height, o.frame_id) == (SIZE, SIZE, "fuzz_camera") for o in outputs)
-    diags = listener.diagnostics()
-    node_values = [d.statuses[f"{NODE_NS}/{live.NODE}: segmentation"][2] for d in diags
-                   if f"{NODE_NS}/{live.NODE}: segmentation" in d.statuses]
+    diags = listener.diagnostics(f"{NODE_NS}/{live.NODE}")
+    node_values = [d.statuses[f"{live.NODE}: segmentation"][2] for d in diags
+                   if f"{live.NODE}: segmentation" in d.statuses]
     final = node_values[-1]
     lost = len(valid_stamps) - len(answered)
     assert lost <= int(final["dropped_superseded"]) + 1, (lost, final)  # every lost set is counted
     assert len(answered) >= SETS // 2, f"labels for {len(answered)} of {SETS} valid sets"
     assert any(v["modalities_used"] == "rgb,depth,event,lidar" for v in node_values)  # the projected cloud too
     for name, sent in bad_sent.items():
-        reports = [d.statuses[f"{NODE_NS}/{live.NODE}: {name} input"] for d in diags
-                   if f"{NODE_NS}/{live.NODE}: {name} input" in d.statuses]
+        reports = [d.statuses[f"{live.NODE}: {name} input"] for d in diags
+                   if f"{live.NODE}: {name} input" in d.statuses]
         assert int(reports[-1][2]["bad_messages"]) == sent, (name, sent, reports[-1])
         if sent:
             assert any(level == 2 and message.startswith("bad input") for level, message, _ in reports), name

@@ -9,6 +9,7 @@ processes. Every wait is bounded.
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -21,6 +22,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 import pytest
+import yaml
 
 from mmseg_ros import cards, msgs
 from mmseg_ros.pipeline import config as node_config
@@ -68,6 +70,7 @@ class Seen:
 class Diag:
     stamp: int
     statuses: Dict[str, tuple]  # name -> (level, message, values)
+    hardware_id: str = ""  # the publishing node's fully qualified name
 
 
 class Listener:
@@ -110,16 +113,19 @@ class Listener:
 
         self.node.create_subscription(Image, topic, callback, qos)
 
-    def watch_diagnostics(self, prefix: str):
+    def watch_diagnostics(self, hardware_id: str):
+        """Statuses of one node instance: names are `<node name>: <task>` (diagnostic_updater's), so nodes of the
+        same name in other namespaces are told apart by hardware_id, their fully qualified name."""
         from diagnostic_msgs.msg import DiagnosticArray
 
         def callback(msg):
             statuses = {s.name: (s.level[0] if isinstance(s.level, bytes) else int(s.level), s.message,
                                  {kv.key: kv.value for kv in s.values})
-                        for s in msg.status if s.name.startswith(prefix)}
+                        for s in msg.status if s.hardware_id == hardware_id}
             if statuses:
                 with self.lock:
-                    self.diags.append(Diag(msg.header.stamp.sec * NS + msg.header.stamp.nanosec, statuses))
+                    self.diags.append(Diag(msg.header.stamp.sec * NS + msg.header.stamp.nanosec, statuses,
+                                           hardware_id))
 
         self.node.create_subscription(DiagnosticArray, "/diagnostics", callback, 50)
 
@@ -135,9 +141,10 @@ class Listener:
         with self.lock:
             return list(self.images[topic])
 
-    def diagnostics(self) -> List[Diag]:
+    def diagnostics(self, hardware_id: Optional[str] = None) -> List[Diag]:
+        """What the watched nodes reported; only the node `hardware_id` (fully qualified name) when given."""
         with self.lock:
-            return list(self.diags)
+            return [d for d in self.diags if hardware_id is None or d.hardware_id == hardware_id]
 
 
 def check_labels(msg):
@@ -169,12 +176,14 @@ def _tail(log: Optional[Path], lines: int = 30) -> str:
     return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
 
 
-def start_node(log: Path, namespace: str, *params: str, lifecycle: bool = False) -> subprocess.Popen:
+def start_node(log: Path, namespace: str, *params: str, lifecycle: bool = False, remaps=()) -> subprocess.Popen:
     cmd = [str(BIN / NODE), *(["--lifecycle"] if lifecycle else []), "--ros-args", "-r", f"__ns:={namespace}",
            "--params-file", str(ROOT / "config" / "segment.yaml"),
            "-p", f"model.card:={TINY_CARD}", "-p", "model.cpu_threads:=1", "-p", "diagnostics.period:=0.25"]
     for p in params:
         cmd += ["-p", p]
+    for r in remaps:
+        cmd += ["-r", r]
     return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT)
 
 
@@ -260,7 +269,7 @@ def drive(listener, tmp_path_factory):
     listener.watch_images(f"{ns}/{NODE}/confidence", check_confidence)
     listener.watch_images(f"{ns}/{NODE}/color")
     listener.watch_latched(f"{ns}/{NODE}/class_names")
-    listener.watch_diagnostics(f"{ns}/{NODE}: ")
+    listener.watch_diagnostics(f"{ns}/{NODE}")
 
     node_log = folder / "node.log"
     node = start_node(node_log, ns)
@@ -290,7 +299,7 @@ def drive(listener, tmp_path_factory):
         t0=int(match.group(1)) * NS + int(match.group(2)),
         inputs={m: listener.seen(f"{ns}/{m}/image") for m in ("rgb", "depth", "event", "lidar")},
         labels=listener.seen(f"{ns}/{NODE}/labels"), confidence=listener.seen(f"{ns}/{NODE}/confidence"),
-        color=listener.seen(f"{ns}/{NODE}/color"), diags=listener.diagnostics(),
+        color=listener.seen(f"{ns}/{NODE}/color"), diags=listener.diagnostics(f"{ns}/{NODE}"),
         class_names=list(listener.strings[f"{ns}/{NODE}/class_names"]), exit_code=code, exit_s=exit_s,
         node_log=node_log.read_text(errors="replace"), sensors_log=sensors_text)
 
@@ -339,7 +348,9 @@ def test_depth_dropout_keeps_outputs_and_is_reported(drive):
     assert len(lost) <= 1 + dropped, f"{len(lost)} of {len(transition)} camera frames lost at the transition"
     assert len(drive.outputs(start + TIMEOUT, end)) >= 3
     depth = drive.input_status("depth", start + TIMEOUT + 0.3, end)
-    assert any(level == 2 and message.startswith("missing") for _, level, message, _ in depth), depth
+    # a missing non-anchor input while outputs still flow is WARN (diagnostic_updater practice), not ERROR
+    assert any(level == 1 and message.startswith("missing") for _, level, message, _ in depth), depth
+    assert not any(level == 2 for _, level, _, _ in depth), depth
     during = drive.node_status(start + TIMEOUT + 0.3, end)
     assert during and all("depth" not in v["modalities_used"].split(",") for _, _, _, v in during), during
     assert any(level == 1 and "without depth" in message for _, level, message, _ in during)
@@ -351,11 +362,14 @@ def test_camera_dropout_continues_from_the_fallback_anchor(drive):
     start, end = CAMERA_OFF
     outputs = drive.outputs(start, end)
     depth = {s.stamp: s for s in drive.inputs["depth"]}
+    camera_frames = {s.frame_id for s in drive.inputs["rgb"]}
     assert len(outputs) >= 4, f"{len(outputs)} outputs while the camera was off"
+    assert len(camera_frames) == 1 and camera_frames != {next(iter(depth.values())).frame_id}, camera_frames
     for out in outputs:
         source = depth.get(out.stamp)
         assert source is not None, f"output at t={drive.t(out.stamp):.3f} has no depth stamp"
-        assert (out.frame_id, out.width, out.height) == (source.frame_id, source.width, source.height)
+        # the depth stamp, but the camera's frame: output pixels are on the camera grid whoever anchors
+        assert (out.frame_id, out.width, out.height) == (*camera_frames, source.width, source.height)
     anchors = [v["anchor"] for _, _, _, v in drive.node_status(start + TIMEOUT + 0.3, end)]
     assert anchors and set(anchors) == {"depth"}, anchors
     assert drive.outputs(end + TIMEOUT, ALL_OFF[0]), "no output after the camera came back"
@@ -487,7 +501,7 @@ def test_lifecycle_transitions_sim_time_reliable_inputs_and_pointcloud_lidar(lis
     labels = f"{ns}/{NODE}/labels"
     listener.watch_images(labels, check_labels)
     listener.watch_images(f"{ns}/{NODE}/color")
-    listener.watch_diagnostics(f"{ns}/{NODE}: ")
+    listener.watch_diagnostics(f"{ns}/{NODE}")
     log = tmp_path / "lifecycle.log"
     node = start_node(log, ns, "use_sim_time:=true", "inputs.lidar_source:=points", "inputs.qos:=reliable",
                       "outputs.color:=false", lifecycle=True)
@@ -507,9 +521,9 @@ def test_lifecycle_transitions_sim_time_reliable_inputs_and_pointcloud_lidar(lis
         return _call(listener, get_state, GetState.Request(), 60.0).current_state.id
 
     def healthy(diags):
-        last = [d.statuses for d in diags if f"{ns}/{NODE}: segmentation" in d.statuses][-1:]
-        return bool(last) and last[0][f"{ns}/{NODE}: segmentation"][2]["modalities_used"] == "rgb,depth,event,lidar" \
-            and all(last[0][f"{ns}/{NODE}: {m} input"][0] == 0 for m in ("rgb", "depth", "event", "lidar"))
+        last = [d.statuses for d in diags if f"{NODE}: segmentation" in d.statuses][-1:]
+        return bool(last) and last[0][f"{NODE}: segmentation"][2]["modalities_used"] == "rgb,depth,event,lidar" \
+            and all(last[0][f"{NODE}: {m} input"][0] == 0 for m in ("rgb", "depth", "event", "lidar"))
 
     def transition(transition_id, timeout=30.0):
         request = ChangeState.Request()
@@ -540,7 +554,7 @@ def test_lifecycle_transitions_sim_time_reliable_inputs_and_pointcloud_lidar(lis
         assert state() == State.PRIMARY_STATE_ACTIVE
         wait_for(lambda: len(listener.seen(labels)) >= 6, 30.0, "outputs after activate", node, log)
         # Every input used (NaN-holed depth, projected LiDAR) and no input in error, once discovery has settled.
-        wait_for(lambda: healthy(listener.diagnostics()), 20.0, "all four inputs used and OK", node, log)
+        wait_for(lambda: healthy(listener.diagnostics(f"{ns}/{NODE}")), 20.0, "all four inputs used and OK", node, log)
         transition(Transition.TRANSITION_DEACTIVATE)
         time.sleep(0.5)
         count = len(listener.seen(labels))
@@ -561,9 +575,9 @@ def test_lifecycle_transitions_sim_time_reliable_inputs_and_pointcloud_lidar(lis
     published = set(rig.stamps)
     assert all(o.stamp in published and (o.frame_id, o.width, o.height) == ("lc_camera", SIZE, SIZE) and o.ok
                for o in outputs), outputs[:3]
-    diags = [d for d in listener.diagnostics() if f"{ns}/{NODE}: segmentation" in d.statuses]
+    diags = [d for d in listener.diagnostics(f"{ns}/{NODE}") if f"{NODE}: segmentation" in d.statuses]
     assert all(abs(d.stamp / NS - SIM_START_S) < 600 for d in diags), "diagnostics not stamped with sim time"
-    values = next(d.statuses for d in reversed(diags) if healthy([d]))[f"{ns}/{NODE}: segmentation"][2]
+    values = next(d.statuses for d in reversed(diags) if healthy([d]))[f"{NODE}: segmentation"][2]
     assert float(values["latency_p50_ms"]) < 1000, values  # sim-time stamp to sim-time publish
     assert "Traceback" not in log.read_text()
 
@@ -574,18 +588,23 @@ def test_lifecycle_transitions_sim_time_reliable_inputs_and_pointcloud_lidar(lis
 def test_bad_configuration_fails_fast_with_one_clear_line(tmp_path):
     import torch
 
+    typo, wrong_type = tmp_path / "typo.yaml", tmp_path / "wrong_type.yaml"
+    typo.write_text("/**:\n  ros__parameters:\n    sync:\n      slopp: 0.2\n")  # rcl would drop it silently
+    wrong_type.write_text("/**:\n  ros__parameters:\n    outputs:\n      color_alpha: opaque\n")
     cases = {
         "precision": ([str(BIN / NODE)], ["model.precision:=fp64"], "model.precision"),
         "range": ([str(BIN / "mmseg"), "node"], ["sync.slop:=-1.0"], "sync.slop"),
-    }  # (other bad values: test_node_core.py, without processes)
+        "unknown_key": ([str(BIN / NODE)], [f"file:{typo}"], "'sync.slopp'"),
+        "wrong_type": ([str(BIN / NODE)], [f"file:{wrong_type}"], "outputs.color_alpha"),
+    }  # (other bad values: test_pipeline.py, without processes)
     if not torch.cuda.is_available():
         cases["cuda"] = ([str(BIN / NODE)], ["model.device:=cuda", "model.allow_cpu_fallback:=false"],
                          "CUDA is not available")
     procs = {}
     for name, (cmd, params, _) in cases.items():
         args = [*cmd, "--ros-args", "-r", "__ns:=/bad_" + name, "--params-file", str(ROOT / "config" / "segment.yaml")]
-        for p in params:
-            args += ["-p", p]
+        for p in params:  # a user's file after the shipped one, as a launch file passes them
+            args += ["--params-file", p[len("file:"):]] if p.startswith("file:") else ["-p", p]
         procs[name] = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
     for name, proc in procs.items():
         try:
@@ -595,3 +614,70 @@ def test_bad_configuration_fails_fast_with_one_clear_line(tmp_path):
             pytest.fail(f"{name}: still running after 60 s")
         assert proc.returncode == 1, (name, out)
         assert cases[name][2] in out and "Traceback" not in out, (name, out)
+        assert len([line for line in out.splitlines() if "error" in line.lower()]) == 1, (name, out)
+
+
+
+def test_a_users_params_file_applies_under_a_namespace(listener, tmp_path):
+    """The shipped file is keyed `/**`; a copy with non-default values, loaded by a node in a namespace, is read."""
+    from rcl_interfaces.srv import GetParameters
+
+    data = yaml.safe_load((ROOT / "config" / "segment.yaml").read_text())
+    values = data["/**"]["ros__parameters"]
+    values["model"].update(card=str(TINY_CARD), cpu_threads=1)
+    values["outputs"]["color"] = False
+    values["sync"]["slop"] = 0.07
+    values["diagnostics"]["period"] = 0.5
+    mine = tmp_path / "my_segment.yaml"
+    mine.write_text(yaml.safe_dump(data))
+    ns, log = "/perception", tmp_path / "namespaced.log"
+    node = subprocess.Popen([str(BIN / NODE), "--ros-args", "-r", f"__ns:={ns}", "--params-file", str(mine)],
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        wait_for(lambda: listener.node.count_publishers(f"{ns}/{NODE}/labels") == 1, START_TIMEOUT_S,
+                 "the node's labels publisher", node, log)
+        get = listener.node.create_client(GetParameters, f"{ns}/{NODE}/get_parameters")
+        names = ["outputs.color", "sync.slop", "diagnostics.period", "model.cpu_threads"]
+        got = _call(listener, get, GetParameters.Request(names=names), 10.0).values
+        assert [got[0].bool_value, got[1].double_value, got[2].double_value, got[3].integer_value] == \
+            [False, 0.07, 0.5, 1]
+        assert listener.node.count_publishers(f"{ns}/{NODE}/color") == 0, "outputs.color: false was ignored"
+    finally:
+        code, _ = stop(node)
+    assert code == 0, _tail(log)
+
+
+def test_a_publisher_at_fast_dds_defaults_is_named_as_a_transport_problem(listener, tmp_path):
+    """A camera driver without the shared-memory profile: its large best-effort images are lost in transport; within
+    5 s the input's diagnostic says so and names the fix, instead of a bare 'missing'."""
+    ns, log = "/transport", tmp_path / "transport.log"
+    listener.watch_diagnostics(f"{ns}/{NODE}")
+    node = start_node(log, ns, "modalities:=[rgb, depth]",
+                      remaps=("rgb/image:=/transport_check/rgb", "depth/image:=/transport_check/range"))
+    peer = None
+    try:
+        wait_for(lambda: listener.node.count_publishers(f"{ns}/{NODE}/labels") == 1, START_TIMEOUT_S,
+                 "the node's labels publisher", node, log)
+        env = {k: v for k, v in os.environ.items() if k not in dds.PROFILE_VARIABLES}
+        peer = subprocess.Popen([sys.executable, str(Path(__file__).with_name("dds_peer.py")), "pub", "--no-profile",
+                                 "--frames", "80", "--rate", "10"], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        started = time.monotonic()
+        first = None
+        while time.monotonic() - started < 12.0 and first is None:
+            for d in listener.diagnostics(f"{ns}/{NODE}"):
+                status = d.statuses.get(f"{NODE}: rgb input")
+                if status and "mmseg dds env" in status[1]:
+                    first = time.monotonic() - started
+                    break
+            time.sleep(0.1)
+        last = listener.diagnostics(f"{ns}/{NODE}")[-1:]
+        assert first is not None, f"no diagnostic named the transport problem: {last}"
+        # The publisher needs a moment to match before it sends; the diagnostic must follow within 5 s of that.
+        assert first < 5.0 + 2.0, first
+    finally:
+        if peer is not None:
+            peer.kill()
+            peer.wait()
+        code, _ = stop(node)
+    assert code == 0, _tail(log)

@@ -217,15 +217,17 @@ def test_overlay_blends_with_a_matching_camera_image():
 NS = 1_000_000_000
 
 
-def _input(name, state, error=None, last_arrival=9 * NS):
+def _input(name, state, error=None, last_arrival=9 * NS, publishers=None, lost=0):
     status = InputStatus(name, state, name == "rgb", 9 * NS, last_arrival, 10.0, 0)
     return diag.InputReport(name, f"/{name}/image", status, InputCounts(received=5), error, int(bool(error)),
-                            error or "", used_in_last_output=state == InputState.OK)
+                            error or "", used_in_last_output=state == InputState.OK, publishers=publishers,
+                            lost_recent=lost, lost_total=lost)
 
 
-def _report(used=("rgb", "depth"), age=0.1):
-    return diag.NodeReport("tiny", "cpu", "rgb", 10.0, 9.5, 20, 22, 2, 0, (80.0, 120.0), (15.0, 30.0), (60.0, 90.0),
-                           used, age, {"router.sfm.rgb": 0.6})
+def _report(used=("rgb", "depth"), age=0.1, published=20):
+    return diag.NodeReport("tiny", "cpu", "rgb", 10.0, 9.5, published, 22, 2, 0, (80.0, 120.0), (15.0, 30.0),
+                           (60.0, 90.0), used, age, output_timeout_s=3.0, hardware_id="/car/n",
+                           extra={"router.sfm.rgb": 0.6})
 
 
 def test_input_statuses():
@@ -235,8 +237,16 @@ def test_input_statuses():
     assert ok.value("used_in_last_output") == "true"
     missing = diag.input_status("/n", _input("depth", InputState.MISSING, last_arrival=7 * NS), now)
     assert missing.level == diag.ERROR and missing.message == "missing: nothing received for 3.0 s"
+    # the same input while outputs still flow from the others: degraded, not an emergency
+    flowing = diag.input_status("/n", _input("depth", InputState.MISSING, last_arrival=7 * NS), now, True)
+    assert flowing.level == diag.WARN and flowing.message == missing.message
     never = diag.input_status("/n", _input("depth", InputState.MISSING, last_arrival=None), now)
     assert never.level == diag.ERROR and "nothing received yet" in never.message
+    lost = diag.input_status("/n", _input("depth", InputState.MISSING, last_arrival=None, publishers=1, lost=7), now)
+    assert "1 publisher(s) exist and 7 message(s) were lost" in lost.message and "mmseg dds env" in lost.message
+    partial = diag.input_status("/n", _input("depth", InputState.OK, publishers=1, lost=3), now, True)
+    assert partial.level == diag.WARN and partial.message.startswith("transport: 3 message(s) lost")
+    assert "mmseg dds env" in partial.message and partial.value("lost_total") == "3"
     stale = diag.input_status("/n", _input("depth", InputState.STALE), now)
     assert stale.level == diag.WARN
     bad = diag.input_status("/n", _input("depth", InputState.OK, error="depth: no valid return"), now)
@@ -253,14 +263,19 @@ def test_node_status_levels():
     assert ok.value("router.sfm.rgb") == "0.6" and ok.value("dropped_superseded") == "2"
     degraded = diag.node_status("/n", _report(used=("rgb",)), inputs, 1.0)
     assert degraded.level == diag.WARN and "without depth" in degraded.message
-    quiet = diag.node_status("/n", _report(age=5.0), inputs, 1.0)
-    assert quiet.level == diag.WARN and "no output" in quiet.message
+    quiet = diag.node_status("/n", _report(age=5.0), inputs, 1.0)  # longer than diagnostics.output_timeout
+    assert quiet.level == diag.ERROR and quiet.message.startswith("no output for 5.0 s")
+    starting = diag.node_status("/n", _report(age=1.0, published=0), inputs, 1.0)
+    assert starting.level == diag.WARN and "no output yet" in starting.message
+    never = diag.node_status("/n", _report(age=4.0, published=0), inputs, 1.0)
+    assert never.level == diag.ERROR and never.message.startswith("no output yet for 4.0 s")
     dead = [_input("rgb", InputState.MISSING), _input("depth", InputState.MISSING)]
     none = diag.node_status("/n", _report(age=5.0), dead, 1.0)
     assert none.level == diag.ERROR and none.message.startswith("no input: all 2 inputs missing")
     assert none.value("missing_inputs") == "rgb,depth"
-    everything = diag.statuses("/n", _report(), inputs, 10 * NS, 1.0)
-    assert [s.name for s in everything] == ["/n: segmentation", "/n: rgb input", "/n: depth input"]
+    everything = diag.statuses("n", _report(), inputs, 10 * NS, 1.0)
+    assert [s.name for s in everything] == ["n: segmentation", "n: rgb input", "n: depth input"]
+    assert {s.hardware_id for s in everything} == {"/car/n"}
 
 
 def test_projected_point_cloud_matches_the_lidar_image_the_models_are_trained_on():
@@ -280,3 +295,53 @@ def test_projected_point_cloud_matches_the_lidar_image_the_models_are_trained_on
     assert abs(ratio - 1.0) < 0.02, ratio
     with pytest.raises(MessageError, match="CameraInfo"):
         checks.lidar_image(msgs.pointcloud_to_numpy(cloud), None, meta["camera_from_lidar"], "camera_info")
+
+
+# -- the Pipeline itself --------------------------------------------------------------------------------------------
+
+
+def _pipeline(**values):
+    from mmseg_ros.engine import Segmenter
+    from mmseg_ros.pipeline import Pipeline
+
+    config = NodeConfig.from_values({"model.card": TINY, "modalities": ["rgb", "depth"], **values})
+    return Pipeline(config, Segmenter(config.card, device="cpu"), started_ns=0)
+
+
+def _frame(pipeline, name, stamp_ms, frame_id, now_ms):
+    encoding = {"rgb": "rgb8", "depth": "32FC1"}[name]
+    array = np.full((32, 32, 3), 90, np.uint8) if name == "rgb" else np.full((32, 32), 4.0, np.float32)
+    header = msgs.Header(stamp=msgs.Time(sec=stamp_ms // 1000, nanosec=(stamp_ms % 1000) * 10**6), frame_id=frame_id)
+    return pipeline.add(name, msgs.numpy_to_image(array, encoding, header, ros=False), now_ms * 10**6)
+
+
+def test_pipeline_outputs_keep_the_camera_frame_when_another_input_anchors():
+    pipeline = _pipeline()
+    outputs = []
+    for i in range(12):  # 10 Hz; the camera stops after 0.3 s and depth takes the anchor role
+        t = 100 * i
+        ready = _frame(pipeline, "depth", t, "depth_optical", t + 1)
+        if i < 4:
+            ready += _frame(pipeline, "rgb", t, "camera_optical", t + 2)
+        ready += pipeline.poll((t + 50) * 10**6)
+        outputs += [pipeline.process(s, (t + 50) * 10**6) for s in ready]
+    outputs = [o for o in outputs if o is not None]
+    by_anchor = {o.anchor for o in outputs}
+    assert by_anchor == {"rgb", "depth"}, by_anchor
+    assert {o.header.frame_id for o in outputs} == {"camera_optical"}
+    assert all(o.labels.shape == (32, 32) for o in outputs)
+    override = _pipeline(**{"outputs.frame_id": "base_camera"})
+    ready = _frame(override, "rgb", 0, "camera_optical", 1) + _frame(override, "depth", 0, "depth_optical", 2)
+    assert [override.process(s, 3 * 10**6).header.frame_id for s in ready] == ["base_camera"]
+
+
+def test_pipeline_reports_transport_loss_and_output_timeout():
+    pipeline = _pipeline(**{"diagnostics.output_timeout": 1.0})
+    pipeline.note_publishers("depth", 2)
+    pipeline.note_lost("depth", 5, 10**9)
+    statuses = {s.name: s for s in pipeline.report(2 * 10**9, "segment_node", {"rgb": "/rgb/image"}, "/car/node")}
+    depth = statuses["segment_node: depth input"]
+    assert depth.level == diag.ERROR and "2 publisher(s) exist and 5 message(s) were lost" in depth.message
+    node = statuses["segment_node: segmentation"]
+    assert node.level == diag.ERROR and node.message.startswith("no input")  # nothing ever arrived
+    assert {s.hardware_id for s in statuses.values()} == {"/car/node"}

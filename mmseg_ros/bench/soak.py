@@ -194,7 +194,7 @@ def run_soak(minutes: float = 10.0, rate_scale: float = 2.0, seed: int = 0, card
     context = rclpy.Context()
     rclpy.init(context=context)
     listener = rclpy.create_node("mmseg_soak_listener", context=context)
-    prefix = f"{NAMESPACE}/{NODE_NAME}: "
+    node_id, prefix = f"{NAMESPACE}/{NODE_NAME}", f"{NODE_NAME}: "  # statuses are named `<node name>: <task>`
 
     def on_labels(msg):
         now = time.time_ns()
@@ -206,7 +206,7 @@ def run_soak(minutes: float = 10.0, rate_scale: float = 2.0, seed: int = 0, card
         t = rec.t(time.time_ns())
         with rec.lock:
             for s in msg.status:
-                if not s.name.startswith(prefix):
+                if s.hardware_id != node_id or not s.name.startswith(prefix):
                     continue
                 level = s.level[0] if isinstance(s.level, bytes) else int(s.level)
                 values = {kv.key: kv.value for kv in s.values}

@@ -100,9 +100,15 @@ PARAMETERS: Tuple[Param, ...] = (
           low=0.0, high=1.0),
     Param("outputs.queue_depth", INTEGER, 2, "history depth of the (reliable) output publishers", low=1, high=100,
           step=1),
+    Param("outputs.frame_id", STRING, "",
+          "frame_id of the outputs (their pixels are on the camera grid); empty = the camera's, from its images or "
+          "CameraInfo, whichever input anchors the set"),
     Param("diagnostics.period", DOUBLE, 1.0, "s between /diagnostics messages", low=0.05, high=60.0),
     Param("diagnostics.error_hold", DOUBLE, 5.0, "s an input stays in ERROR after its last bad message",
           low=0.0, high=3600.0),
+    Param("diagnostics.output_timeout", DOUBLE, 3.0,
+          "s without an output (since the last one, or since activation) after which the node reports ERROR",
+          low=0.1, high=3600.0),
 )
 PARAMETER_NAMES = tuple(p.name for p in PARAMETERS)
 _BY_NAME = {p.name: p for p in PARAMETERS}
@@ -159,6 +165,8 @@ class NodeConfig:
     output_depth: int
     diagnostics_period: float
     error_hold: float
+    output_timeout: float
+    output_frame_id: str
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> "NodeConfig":
@@ -210,6 +218,8 @@ class NodeConfig:
             output_depth=v["outputs.queue_depth"],
             diagnostics_period=v["diagnostics.period"],
             error_hold=v["diagnostics.error_hold"],
+            output_timeout=v["diagnostics.output_timeout"],
+            output_frame_id=v["outputs.frame_id"],
         )
 
 

@@ -30,7 +30,7 @@ from ..errors import MessageError, MMSegError
 from ..sync import NS_PER_S, SyncConfig, SyncSet, Synchronizer, stamp_to_ns
 from . import checks, diagnostics, outputs
 from .config import CAMERA, LIDAR, POINTS, NodeConfig
-from .stats import InputHealth, LatencyWindow, RateMeter
+from .stats import InputHealth, LatencyWindow, LostMessages, RateMeter
 
 BadInputHandler = Callable[[str, str, int], None]  # (input name, reason, now ns)
 
@@ -79,10 +79,12 @@ class InputCounters:
 class Pipeline:
     def __init__(self, config: NodeConfig, segmenter, *, color: Optional[bool] = None,
                  output_size: Optional[Tuple[int, int]] = None, on_bad_input: Optional[BadInputHandler] = None,
-                 camera_info_source: str = "camera_info", keep_all_samples: bool = False):
+                 camera_info_source: str = "camera_info", keep_all_samples: bool = False,
+                 started_ns: Optional[int] = None):
         """`color` (default: config.publish_color) builds the overlay; `output_size` (default: the anchor image's)
         sizes the outputs; `on_bad_input` hears every rejection (the node logs it, the replay may give up);
-        `keep_all_samples` keeps every timing sample instead of the last 200 (a replay reports them all)."""
+        `keep_all_samples` keeps every timing sample instead of the last 200 (a replay reports them all);
+        `started_ns` (activation) is when the wait for the first output begins."""
         self.config = config
         self.segmenter = segmenter
         self.color = config.publish_color if color is None else bool(color)
@@ -109,7 +111,11 @@ class Pipeline:
         self.used_counts = {m: 0 for m in config.modalities}  # processed sets each modality went into
         self._last_used: Tuple[str, ...] = ()
         self._last_output_ns: Optional[int] = None
+        self._started_ns = started_ns
         self._router: Dict[str, Any] = {}
+        self._camera_frame = ""  # the camera's frame_id (its images or CameraInfo): the frame of every output
+        self._publishers: Dict[str, int] = {}
+        self._lost: Dict[str, LostMessages] = {name: LostMessages() for name in config.modalities}
 
     # -- inputs -----------------------------------------------------------------------------------------------------
 
@@ -136,6 +142,8 @@ class Pipeline:
                 if wrong_size:
                     raise MessageError(wrong_size)
                 item = InputMessage(msg.header, image=image)
+                if name == CAMERA:
+                    self._camera_frame = str(getattr(msg.header, "frame_id", "") or self._camera_frame)
         except MessageError as exc:
             self.reject(name, str(exc), now_ns)
             return None
@@ -164,6 +172,18 @@ class Pipeline:
             self._camera = msgs.camera_from_info(msg)
         except MessageError as exc:
             self._bad_input(LIDAR, f"CameraInfo on {self.camera_info_source}: {exc}", now_ns)
+            return
+        self._camera_frame = str(getattr(msg.header, "frame_id", "") or self._camera_frame)
+
+    def note_publishers(self, name: str, count: int) -> None:
+        """How many publishers the input's topic has (the node asks the ROS graph): with publishers present but
+        nothing arriving, the diagnostics can say the transport loses the messages."""
+        self._publishers[name] = int(count)
+
+    def note_lost(self, name: str, count: int, now_ns: int) -> None:
+        """The middleware reported `count` more messages of `name` lost (e.g. a large best-effort image whose
+        fragments did not all arrive)."""
+        self._lost[name].add(count, now_ns)
 
     def poll(self, now_ns: int) -> List[SyncSet]:
         """Sets whose max_wait ran out by `now_ns` (the node polls every 10 ms; a replay before each message)."""
@@ -223,11 +243,11 @@ class Pipeline:
         color = None
         if self.color:
             color = outputs.overlay(cfg.card.class_set.colorize(result.labels), images.get(CAMERA), cfg.color_alpha)
-        timing = {"checks": 1e3 * (checked - begin), **result.timing,
-                  "overlay": 1e3 * (time.perf_counter() - segmented)}
+        overlaid = time.perf_counter()
+        timing = {"checks": 1e3 * (checked - begin), **result.timing, "overlay": 1e3 * (overlaid - segmented)}
         output = SegmentedSet(
             index=self.processed, stamp_ns=sset.stamp_ns, arrival_ns=anchor.arrival_ns, anchor=sset.anchor,
-            used=tuple(result.modalities), missing=missing, timing=timing, header=anchor.payload.header,
+            used=tuple(result.modalities), missing=missing, timing=timing, header=self._output_header(sset),
             labels=result.labels, confidence=result.confidence, color=color, images=images,
             router=outputs.router_summary(result.router_weights))
         self.processed += 1
@@ -244,13 +264,25 @@ class Pipeline:
         self.latency_ms.add((now_ns - output.stamp_ns) / 1e6)
         self._last_used, self._last_output_ns, self._router = tuple(output.used or ()), now_ns, output.router
 
+    def _output_header(self, sset: SyncSet):
+        """The anchor's stamp with the camera's frame: output pixels are on the camera grid whichever input anchors
+        the set (a LiDAR cloud's frame would be wrong). outputs.frame_id overrides; the anchor's own frame is the
+        last resort (nothing from the camera seen yet)."""
+        header = sset.messages[sset.anchor].payload.header
+        frame = self.config.output_frame_id or (header.frame_id if sset.anchor == CAMERA else self._camera_frame)
+        if not frame or frame == header.frame_id:
+            return header
+        return msgs.Header(stamp=header.stamp, frame_id=frame)
+
     def _project(self, points: np.ndarray) -> np.ndarray:
         return checks.lidar_image(points, self._camera, self.config.lidar_extrinsic, self.camera_info_source)
 
     # -- diagnostics ------------------------------------------------------------------------------------------------
 
-    def report(self, now_ns: int, node_name: str, topics: Mapping[str, str]) -> List[diagnostics.Status]:
-        """The node's status, then one per input, as plain data (`diagnostics.statuses`)."""
+    def report(self, now_ns: int, node_name: str, topics: Mapping[str, str],
+               hardware_id: str = "") -> List[diagnostics.Status]:
+        """The node's status, then one per input, as plain data (`diagnostics.statuses`). `node_name` names the
+        statuses (diagnostic_updater's `<node name>: <task>`), `hardware_id` tells instances apart."""
         cfg = self.config
         status, stats = self.sync.status(now_ns), self.sync.stats()
         inputs = []
@@ -259,8 +291,10 @@ class Pipeline:
             inputs.append(diagnostics.InputReport(
                 name=name, topic=topics.get(name, ""), status=status[name], counts=stats.inputs[name],
                 recent_error=self.health.recent(name, now_ns, cfg.error_hold), bad_messages=errors.count,
-                last_error=errors.last_error, used_in_last_output=name in self._last_used))
-        last = self._last_output_ns
+                last_error=errors.last_error, used_in_last_output=name in self._last_used,
+                publishers=self._publishers.get(name), lost_recent=self._lost[name].recent(now_ns, cfg.error_hold),
+                lost_total=self._lost[name].total))
+        last = self._last_output_ns if self._last_output_ns is not None else self._started_ns
         report = diagnostics.NodeReport(
             card=cfg.card.name, device=str(self.segmenter.device), anchor=self.sync.anchor,
             rate_in_hz=self.rate_in.rate(now_ns), rate_out_hz=self.rate_out.rate(now_ns),
@@ -268,5 +302,5 @@ class Pipeline:
             dropped_below_min=stats.sets_below_min + self.below_min, latency_ms=self.latency_ms.percentiles(),
             wait_ms=self.wait_ms.percentiles(), model_ms=self.model_ms.percentiles(),
             modalities_used=self._last_used, last_output_age_s=None if last is None else (now_ns - last) / NS_PER_S,
-            extra=self._router)
+            output_timeout_s=cfg.output_timeout, hardware_id=hardware_id, extra=self._router)
         return diagnostics.statuses(node_name, report, inputs, now_ns, cfg.diagnostics_period)

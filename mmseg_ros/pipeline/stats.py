@@ -88,3 +88,24 @@ class InputHealth:
         return entry.last_error
 
 
+
+
+class LostMessages:
+    """Messages the middleware reported lost for one input: the total and when, to tell recent loss from old."""
+
+    def __init__(self, keep: int = 256):
+        self._events: Deque[Tuple[int, int]] = deque(maxlen=keep)  # (time ns, count)
+        self._lock = threading.Lock()
+        self.total = 0
+
+    def add(self, count: int, now_ns: int) -> None:
+        if count <= 0:
+            return
+        with self._lock:
+            self._events.append((now_ns, int(count)))
+            self.total += int(count)
+
+    def recent(self, now_ns: int, window_s: float) -> int:
+        """How many were lost within `window_s` before `now_ns`."""
+        with self._lock:
+            return sum(n for t, n in self._events if now_ns - t <= window_s * NS_PER_S)

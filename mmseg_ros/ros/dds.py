@@ -9,8 +9,9 @@ outputs; a camera driver in another process needs it in its own environment: `mm
 
 Fast DDS reads the profile file named by an environment variable when the first participant is created:
 FASTRTPS_DEFAULT_PROFILES_FILE in Fast DDS 2.x (Humble, Jazzy), FASTDDS_DEFAULT_PROFILES_FILE in 3.x (Kilted and
-later). `configure_transport` sets both (each generation ignores the other's name) unless the user set either, and
-must run before `rclpy.init()`; child processes inherit it.
+later; 3.x still reads the old name but warns that it is deprecated at every start). `configure_transport` sets the
+name of the installed generation (both when it cannot tell) unless the user set either, and must run before
+`rclpy.init()`; child processes inherit it.
 
 No rclpy import here: the launch file, `mmseg dds env` and tests use this without a ROS context.
 """
@@ -62,17 +63,25 @@ def profile_path() -> Path:
     return path
 
 
-def configure_transport(environ: MutableMapping[str, str] = os.environ) -> TransportSetup:
-    """Point Fast DDS (either generation) at the shipped profile unless the user already chose one: a user's setting
-    of either name wins, even an empty value, which some set on purpose to get Fast DDS' built-in defaults."""
+def configure_transport(environ: MutableMapping[str, str] = os.environ,
+                        generation: Optional[int] = None) -> TransportSetup:
+    """Point Fast DDS at the shipped profile unless the user already chose one: a user's setting of either name
+    wins, even an empty value, which some set on purpose to get Fast DDS' built-in defaults. `generation` (2 or 3;
+    default: the installed one) picks the variable; both are set when it is unknown."""
     chosen = tuple((name, environ[name]) for name in PROFILE_VARIABLES if name in environ)
     if chosen:
         return TransportSetup(chosen, False, "already set by the user; kept")
     value = str(profile_path())
-    for name in PROFILE_VARIABLES:
+    names = profile_variables(fastdds_generation(environ) if generation is None else generation)
+    for name in names:
         environ[name] = value
-    return TransportSetup(tuple((name, value) for name in PROFILE_VARIABLES), True,
+    return TransportSetup(tuple((name, value) for name in names), True,
                           "shipped shared-memory profile for large images")
+
+
+def profile_variables(generation: Optional[int]) -> Tuple[str, ...]:
+    """The variable(s) a Fast DDS generation reads its profile from: both names when the generation is unknown."""
+    return (VARIABLE_OF_GENERATION[generation],) if generation in VARIABLE_OF_GENERATION else PROFILE_VARIABLES
 
 
 def fastdds_generation(environ: Mapping[str, str] = os.environ,
@@ -103,7 +112,7 @@ def fastdds_generation(environ: Mapping[str, str] = os.environ,
 def env_lines(generation: Optional[int], profile: Path, environ: Mapping[str, str] = os.environ) -> Tuple[str, ...]:
     """The shell lines a publishing process (a camera driver) needs: the variable its Fast DDS reads (both names
     when the generation is unknown), pointing at the shipped profile. A user's existing setting is mentioned."""
-    names = (VARIABLE_OF_GENERATION[generation],) if generation in VARIABLE_OF_GENERATION else PROFILE_VARIABLES
+    names = profile_variables(generation)
     found = f"Fast DDS {generation}.x found" if generation else "Fast DDS not found here: both names"
     lines = [f"# mmseg_ros shared-memory profile for large images ({found}); apply it in the camera driver's shell"]
     for name in names:

@@ -7,6 +7,8 @@ from typing import Any, Dict, Sequence
 from ..errors import ConfigError
 from ..pipeline import config as node_config
 
+QOS_OVERRIDES = "qos_overrides."  # rclpy declares these when a publisher or subscription is created
+
 
 def declare(node) -> None:
     """Every entry of the parameter table, typed and described (`ros2 param describe` shows them)."""
@@ -38,6 +40,19 @@ def declare(node) -> None:
             node.declare_parameter(p.name, value_type if p.default is None else p.default, descriptor)
         except ParameterException as exc:
             raise ConfigError(f"parameter {p.name}: {exc}") from None
+    _refuse_unknown_overrides(node)
+
+
+def _refuse_unknown_overrides(node) -> None:
+    """rcl applies a params file's values only to declared parameters and drops the rest without a word, so a typo
+    (`sync.slopp`) or a key of another version would silently run the defaults: refuse them instead."""
+    later = (node_config.CLASS_NAMES_PARAMETER,)  # declared at configure
+    unknown = sorted(name for name in getattr(node, "_parameter_overrides", {})
+                     if not node.has_parameter(name) and name not in later and not name.startswith(QOS_OVERRIDES))
+    if unknown:
+        raise ConfigError(f"unknown parameter(s) {unknown} in the parameters given (params file or -p); "
+                          f"{node.get_name()} declares {list(node_config.PARAMETER_NAMES)} "
+                          f"(and {QOS_OVERRIDES}<topic>.<publisher|subscription>.<policy>)")
 
 
 def read(node) -> Dict[str, Any]:

@@ -86,13 +86,15 @@ class SegmentNodeCore:
 
         cfg = self.config
         self.pipeline = Pipeline(cfg, self.segmenter, on_bad_input=self._log_bad_input,
-                                 camera_info_source=node_config.camera_info_topic())
+                                 camera_info_source=node_config.camera_info_topic(), started_ns=self._now())
         self._slot = LatestSlot()
         out_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=cfg.output_depth,
                              reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
         latched = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        pub = self.node.create_publisher
+        def pub(kind, topic, qos):
+            return self.node.create_publisher(kind, topic, qos, qos_overriding_options=_overridable())
+
         self._publishers = {"labels": pub(Image, "~/labels", out_qos)}
         if cfg.publish_confidence:
             self._publishers["confidence"] = pub(Image, "~/confidence", out_qos)
@@ -113,10 +115,11 @@ class SegmentNodeCore:
         topics = node_config.input_topics(cfg.modalities, cfg.lidar_source)
         for name, topic in topics.items():
             kind = PointCloud2 if name == LIDAR and cfg.lidar_source == POINTS else Image
-            self._subscriptions.append(self.node.create_subscription(
-                kind, topic, lambda msg, name=name: self._on_input(name, msg), in_qos))
+            self._subscriptions.append(self._subscribe(
+                kind, topic, lambda msg, name=name: self._on_input(name, msg), in_qos,
+                lambda info, name=name: self.pipeline.note_lost(name, info.total_count_change, self._now())))
         if LIDAR in topics and cfg.lidar_source == POINTS:
-            self._subscriptions.append(self.node.create_subscription(
+            self._subscriptions.append(self._subscribe(
                 CameraInfo, node_config.camera_info_topic(), self._on_camera_info, in_qos))
         self._topics = {name: self.node.resolve_topic_name(topic) for name, topic in topics.items()}
         self._timer = self.node.create_timer(cfg.diagnostics_period, self._publish_diagnostics)
@@ -145,6 +148,18 @@ class SegmentNodeCore:
         """Shutdown path: stop the worker (bounded wait) so nothing publishes while the node is destroyed."""
         self._active = False
         self._join_worker()
+
+    def _subscribe(self, kind, topic, callback, qos, on_lost=None):
+        """A subscription with overridable QoS (qos_overrides.<topic>.subscription.*) that reports messages the
+        middleware lost (large images without the shared-memory profile on the publisher's side)."""
+        options = dict(qos_overriding_options=_overridable())
+        events = _lost_message_events(on_lost)
+        if events is not None:
+            try:
+                return self.node.create_subscription(kind, topic, callback, qos, event_callbacks=events, **options)
+            except _unsupported_event_errors() as exc:  # an RMW without the event: no loss reports, say so once
+                self.log.warning(f"{topic}: the middleware does not report lost messages ({exc})")
+        return self.node.create_subscription(kind, topic, callback, qos, **options)
 
     def _class_names_json(self) -> str:
         card = self.config.card
@@ -216,5 +231,38 @@ class SegmentNodeCore:
         publisher = self._publishers.get("diagnostics")
         if publisher is None:
             return
-        statuses = self.pipeline.report(self._now(), self.node.get_fully_qualified_name(), self._topics)
+        for name, topic in self._topics.items():
+            self.pipeline.note_publishers(name, self.node.count_publishers(topic))
+        statuses = self.pipeline.report(self._now(), self.node.get_name(), self._topics,
+                                        hardware_id=self.node.get_fully_qualified_name())
         publisher.publish(diagnostics.to_array(statuses, self.node.get_clock().now().to_msg()))
+
+
+def _overridable():
+    """QoS overridable by parameters (rclpy's qos_overrides.<topic>.<publisher|subscription>.<policy>)."""
+    from rclpy.qos_overriding_options import QoSOverridingOptions
+
+    return QoSOverridingOptions.with_default_policies()
+
+
+def _lost_message_events(on_lost):
+    """SubscriptionEventCallbacks reporting lost messages to `on_lost`, or None (no callback, or an rclpy without
+    the event). The class moved from rclpy.qos_event (Humble) to rclpy.event_handler (Iron and later)."""
+    if on_lost is None:
+        return None
+    try:
+        from rclpy.event_handler import SubscriptionEventCallbacks
+    except ImportError:  # pragma: no cover - Humble
+        from rclpy.qos_event import SubscriptionEventCallbacks
+    return SubscriptionEventCallbacks(message_lost=on_lost)
+
+
+def _unsupported_event_errors():
+    """The error rclpy raises for an event the RMW does not support (its home moved between distros)."""
+    try:
+        from rclpy._rclpy_pybind11 import UnsupportedEventTypeError
+    except ImportError:  # pragma: no cover - other rclpy builds
+        from rclpy.impl.implementation_singleton import rclpy_implementation
+
+        UnsupportedEventTypeError = rclpy_implementation.UnsupportedEventTypeError
+    return (UnsupportedEventTypeError,)
