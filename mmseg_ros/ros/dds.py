@@ -70,7 +70,7 @@ def configure_transport(environ: MutableMapping[str, str] = os.environ,
     default: the installed one) picks the variable; both are set when it is unknown."""
     chosen = tuple((name, environ[name]) for name in PROFILE_VARIABLES if name in environ)
     if chosen:
-        return TransportSetup(chosen, False, "already set by the user; kept")
+        return TransportSetup(chosen, False, "already set in the environment (by you or a launch file); kept")
     value = str(profile_path())
     names = profile_variables(fastdds_generation(environ) if generation is None else generation)
     for name in names:
