@@ -227,6 +227,14 @@ class MemorySAM(MultiModalSegmenter):
     def trained_buffer_names(self) -> List[str]:
         return ["spmm.global_prototypes"]
 
+    def self_initialised_names(self) -> List[str]:
+        # `resize_class_tokens` re-creates the IoU head's output layer with K + 1 outputs and the quality heads stay
+        # frozen, so that layer keeps its random initialisation. It picks the mask that becomes each frame's memory:
+        # without it in the checkpoint a reload (another random draw) gives other logits.
+        head = self.sam.sam_mask_decoder.iou_prediction_head
+        prefix = f"sam.sam_mask_decoder.iou_prediction_head.layers.{len(head.layers) - 1}"
+        return [f"{prefix}.{name}" for name, p in head.layers[-1].named_parameters() if not p.requires_grad]
+
     def component_prefixes(self):
         decoder = "sam.sam_mask_decoder"
         return OrderedDict((
@@ -246,7 +254,8 @@ def resize_class_tokens(decoder: nn.Module, num_classes: int) -> None:
     """Give SAM2's MaskDecoder K multimask outputs (K + 1 mask tokens, token 0 being SAM2's single-mask token),
     as the official code builds it with K = 25. The new tokens, their hypernetwork MLPs and the IoU head's output
     layer start from their initialisation (the official code does not load those from the SAM2 checkpoint either);
-    every other decoder weight stays as loaded."""
+    every other decoder weight stays as loaded. The IoU layer stays frozen, so project checkpoints carry it
+    (`MemorySAM.self_initialised_names`)."""
     dim = decoder.transformer_dim
     count = num_classes + 1
     ref = decoder.mask_tokens.weight
