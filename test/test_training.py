@@ -206,6 +206,30 @@ def test_recipe_missing_key_and_batch_split():
     assert again == recipe  # what a checkpoint stores reads back to the same recipe
 
 
+@pytest.mark.parametrize("decay_1d", [False, True])
+def test_adamw_gives_1d_parameters_no_weight_decay(tmp_path, decay_1d):
+    """The papers' optimiser groups: biases and norm weights (p.dim() == 1) are not decayed, unless decay_1d."""
+    from mmseg_ros.nn.build import build_model
+    from mmseg_ros.training import distributed
+    from mmseg_ros.training.trainer import Trainer
+
+    recipe = config.from_dict(config.apply_overrides(
+        _base_recipe(), ["optimizer.weight_decay=0.5", f"optimizer.decay_1d={str(decay_1d).lower()}"]))
+    torch.manual_seed(0)
+    model = build_model("test_tiny_mle_sam")
+    trainer = Trainer(recipe, model, [None] * 4, None, None, tmp_path, distributed.init("cpu"), model.card.class_names)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    assert 0 < sum(p.dim() == 1 for p in trained) < len(trained)  # biases beside matrices and tokens
+    before = [p.detach().clone() for p in trained]
+    for p in trained:
+        p.grad = torch.zeros_like(p)  # Adam's step is then 0: only the decoupled weight decay moves a parameter
+    lr = trainer.optimizer.param_groups[0]["lr"]
+    trainer.optimizer.step()
+    for p, old in zip(trained, before):
+        factor = 1 - lr * 0.5 if decay_1d or p.dim() != 1 else 1.0
+        torch.testing.assert_close(p.detach(), old * factor, rtol=0, atol=1e-7)
+
+
 def test_shipped_recipes_validate(monkeypatch):
     from mmseg_ros.training import build
 

@@ -40,6 +40,9 @@ class OptimizerConfig:
     weight_decay: float = 0.01
     betas: Tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
+    # false: 1-D parameters (biases, norm weights) get weight decay 0, as the DELIVER/CMNeXt optimiser both papers
+    # train with (`p.dim() == 1` in its own group); true decays them too (how the shipped synthetic models trained).
+    decay_1d: bool = False
 
 
 @dataclass(frozen=True)
