@@ -206,6 +206,25 @@ def test_recipe_missing_key_and_batch_split():
     assert again == recipe  # what a checkpoint stores reads back to the same recipe
 
 
+@pytest.mark.parametrize("world_size, accumulate", [(4, 1), (2, 2), (1, 4)])
+def test_per_gpu_batch_keeps_the_effective_batch_on_fewer_gpus(world_size, accumulate):
+    recipe = config.from_dict(config.apply_overrides(_base_recipe(), ["train.batch_size=16", "train.per_gpu_batch=4"]))
+    assert config.accumulation(recipe, world_size) == accumulate
+    assert config.micro_batch(recipe, world_size) == 4
+    assert world_size * accumulate * config.micro_batch(recipe, world_size) == 16
+
+
+def test_per_gpu_batch_errors_name_the_key():
+    with pytest.raises(ConfigError, match=r"train\.batch_size: 16 is not a multiple of 8 process\(es\)"):
+        recipe = config.from_dict(config.apply_overrides(_base_recipe(), ["train.batch_size=16",
+                                                                          "train.per_gpu_batch=4"]))
+        config.micro_batch(recipe, world_size=8)
+    with pytest.raises(ConfigError, match=r"train\.accumulate"):
+        config.from_dict(config.apply_overrides(_base_recipe(), ["train.per_gpu_batch=1", "train.accumulate=2"]))
+    with pytest.raises(ConfigError, match=r"train\.per_gpu_batch"):
+        config.from_dict(config.apply_overrides(_base_recipe(), ["train.per_gpu_batch=3"]))  # batch_size is 2
+
+
 @pytest.mark.parametrize("decay_1d", [False, True])
 def test_adamw_gives_1d_parameters_no_weight_decay(tmp_path, decay_1d):
     """The papers' optimiser groups: biases and norm weights (p.dim() == 1) are not decayed, unless decay_1d."""

@@ -16,8 +16,8 @@ Two forms (`form`), because the paper's text and the official code give differen
   at 1024 px), so alpha * MSE * (H/4 * W/4) is tiny: with alpha = 1 this is the weight the published results
   trained with. The paper's Eq. 9-10 "global average" of the masked map also shrinks prototypes by the class
   frequency; neither is a true mean.
-- Order as in the official code (both forms): update the global prototypes first, then compare with the updated (detached)
-  ones; that is the paper's order times (1 - momentum)^2 on the loss.
+- Order as in the official code (both forms): update the global prototypes first, then compare with the updated
+  (detached) ones; that is the paper's order times (1 - momentum)^2 on the loss.
 - Global prototypes start at 0 (official); under torch.distributed the class sums and counts are all-reduced for
   the update so every replica keeps the same memory, while the loss uses the local (differentiable) prototypes.
 """

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from ..errors import CheckpointError
 from . import checkpoints, distributed, sampling, schedule
-from .config import Recipe, micro_batch
+from .config import Recipe, accumulation, micro_batch
 from .metrics_log import MetricsLog
 from .plots import PLOT_NAME, plot_curves
 
@@ -55,9 +55,10 @@ class Trainer:
         self.module = model
         self.train_set = sampling.SeededSamples(train_set, recipe.seed)
         self.val_set = None if val_set is None else sampling.SeededSamples(val_set, recipe.seed)
+        self.accumulate = accumulation(recipe, ctx.world_size)
         self.micro_batch = micro_batch(recipe, ctx.world_size)
         self.steps_per_epoch = sampling.steps_per_epoch(
-            len(train_set), ctx.world_size, self.micro_batch, recipe.train.accumulate
+            len(train_set), ctx.world_size, self.micro_batch, self.accumulate
         )
         opt = recipe.optimizer
         groups = param_groups(model, opt.weight_decay, opt.decay_1d)
@@ -76,6 +77,9 @@ class Trainer:
             self._resume(resume_from)
         self.log = MetricsLog(self.out_dir, enabled=ctx.is_main,
                               resume_iteration=self.progress.iteration if resume_from is not None else None)
+        if ctx.is_main:
+            print(f"batch: {recipe.train.batch_size} samples per optimiser step = {ctx.world_size} process(es) x "
+                  f"{self.accumulate} accumulation step(s) x {self.micro_batch} per process", file=sys.stderr)
         if ctx.is_main and recipe.train.amp != "none" and not cuda:
             print(f"note: train.amp={recipe.train.amp} applies on CUDA only; training in float32 on CPU",
                   file=sys.stderr)
@@ -103,7 +107,7 @@ class Trainer:
 
     def _train_epoch(self) -> None:
         recipe, ctx, p = self.recipe, self.ctx, self.progress
-        accumulate = recipe.train.accumulate
+        accumulate = self.accumulate
         batches = sampling.epoch_batches(len(self.train_set), p.epoch, recipe.seed, ctx.rank, ctx.world_size,
                                          self.micro_batch, accumulate)
         self.train_set.set_epoch(p.epoch)
