@@ -215,7 +215,7 @@ def test_per_gpu_batch_keeps_the_effective_batch_on_fewer_gpus(world_size, accum
 
 
 def test_per_gpu_batch_errors_name_the_key():
-    with pytest.raises(ConfigError, match=r"train\.batch_size: 16 is not a multiple of 8 process\(es\)"):
+    with pytest.raises(ConfigError, match=r"train\.batch_size: 16 does not split over 8 process\(es\) x train\.per_gpu_batch=4"):
         recipe = config.from_dict(config.apply_overrides(_base_recipe(), ["train.batch_size=16",
                                                                           "train.per_gpu_batch=4"]))
         config.micro_batch(recipe, world_size=8)

@@ -289,24 +289,20 @@ def accumulation(recipe: Recipe, world_size: int) -> int:
     per_gpu = recipe.train.per_gpu_batch
     if per_gpu is None:
         return recipe.train.accumulate
-    parts = world_size * per_gpu
-    if recipe.train.batch_size % parts:
-        raise ConfigError(
-            f"train.batch_size: {recipe.train.batch_size} is not a multiple of {world_size} process(es) x "
-            f"train.per_gpu_batch={per_gpu}; change train.per_gpu_batch or the number of processes"
-        )
-    return recipe.train.batch_size // parts
+    return _split_batch(recipe, world_size, "train.per_gpu_batch", per_gpu)
 
 
 def micro_batch(recipe: Recipe, world_size: int) -> int:
     """Samples per process per forward pass: batch_size / (processes x accumulation steps), exactly."""
-    accumulate = accumulation(recipe, world_size)
-    parts = world_size * accumulate
+    return _split_batch(recipe, world_size, "train.accumulate", accumulation(recipe, world_size))
+
+
+def _split_batch(recipe: Recipe, world_size: int, key: str, factor: int) -> int:
+    """batch_size / (world_size x factor), which must be whole."""
+    parts = world_size * factor
     if recipe.train.batch_size % parts:
-        raise ConfigError(
-            f"train.batch_size: {recipe.train.batch_size} does not split over {world_size} process(es) x "
-            f"train.accumulate={accumulate}; make it a multiple of {parts}"
-        )
+        raise ConfigError(f"train.batch_size: {recipe.train.batch_size} does not split over {world_size} "
+                          f"process(es) x {key}={factor}; make it a multiple of {parts} or change {key}")
     return recipe.train.batch_size // parts
 
 
