@@ -8,14 +8,14 @@ momentum (Eq. 11) and returns MSE(global, current) * (H/4 * W/4) (Eq. 12). It ad
 `backbone_fpn[0]` features after `conv_s0`), so the caller passes those features in.
 
 Two forms (`form`), because the paper's text and the official code give different losses in effect:
-- `masked_mean` (default): current prototype = masked average over the pixels of that class in the whole batch
-  (SPEC). Classes absent from a batch keep their global prototype and are left out of the loss.
+- `masked_mean` (default): current prototype = masked average over the pixels of that class in the whole batch.
+  Classes absent from a batch keep their global prototype and are left out of the loss.
 - `official`: the authors' `PrototypeSegmentation`: the class mean is divided by the class's pixel count once more
   (`features[mask].mean(0) / count`), absent classes are zero prototypes that enter the momentum update (their
-  memory decays) and the MSE, which averages over all K classes. Prototypes shrink by the pixel count (thousands
-  at 1024 px), so alpha * MSE * (H/4 * W/4) is tiny: with alpha = 1 this is the weight the published results
-  trained with. The paper's Eq. 9-10 "global average" of the masked map also shrinks prototypes by the class
-  frequency; neither is a true mean.
+  memory decays) and the MSE, which averages over all K classes. Prototypes shrink by the pixel count, so frequent
+  classes contribute almost nothing and classes with few pixels in the batch dominate alpha * MSE * (H/4 * W/4);
+  with alpha = 1 this is the loss the published results trained with. The paper's Eq. 9-10 "global average" of
+  the masked map also shrinks prototypes by the class frequency; neither is a true mean.
 - Order as in the official code (both forms): update the global prototypes first, then compare with the updated
   (detached) ones; that is the paper's order times (1 - momentum)^2 on the loss.
 - Global prototypes start at 0 (official); under torch.distributed the class sums and counts are all-reduced for
