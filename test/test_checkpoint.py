@@ -61,6 +61,12 @@ def test_official_checkpoint_loads_into_the_backbone(official):
                                    sam.image_encoder(x)["backbone_fpn"][-1])
 
 
+def test_no_mem_embed_option_takes_sam2s_embedding_from_the_official_file(official):
+    path, state = official
+    model = build_model(card_with(sam2={"checkpoint": str(path)}, mle_sam={"no_mem_embed": True}))
+    assert torch.equal(model.decoder.no_mem_embed, state["no_mem_embed"])
+
+
 def test_official_checkpoint_mismatches_fail_clearly(tmp_path, official):
     bigger = card_with(sam2={"overrides": [
         o.replace("embed_dim=16", "embed_dim=24").replace("[128,64,32,16]", "[192,96,48,24]")

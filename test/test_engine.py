@@ -13,7 +13,8 @@ from mmseg_ros import cards
 from mmseg_ros.engine import Segmenter, resolve_device
 from mmseg_ros.errors import ConfigError
 from mmseg_ros.nn.build import build_model
-from mmseg_ros.nn.checkpoint import save_checkpoint
+from mmseg_ros.nn.checkpoint import read_checkpoint, save_checkpoint
+from mmseg_ros.nn.sam2_backbone import build_sam2
 
 CARD = "test_tiny_mle_sam"
 MODS = ("rgb", "depth", "event", "lidar")
@@ -90,6 +91,36 @@ def test_engine_matches_the_model_on_the_same_inputs(segmenter, trained):
     unit = torch.from_numpy(rgb.astype(np.float32) / 255).permute(2, 0, 1)
     expected = (unit - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
     torch.testing.assert_close(inputs["rgb"][0], expected)
+
+
+@pytest.mark.parametrize("card_name", ["test_tiny_mle_sam", "test_tiny_memory_sam"])
+def test_reload_on_official_sam2_weights_gives_the_saved_model(tmp_path, card_name):
+    """A model built on an official-format SAM2 file, saved and reloaded through the engine under another seed, is
+    the same model: everything it initialised itself and did not train is in the checkpoint."""
+    base = cards.load(card_name)
+    torch.manual_seed(11)
+    official = tmp_path / "sam2_official.pt"
+    torch.save({"model": build_sam2(base).state_dict()}, official)  # the official format: {"model": state dict}
+    card = cards.derive(base, sam2={"checkpoint": str(official)})
+    torch.manual_seed(1)
+    model = build_model(card).eval()
+    gen = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.2 * torch.randn(p.shape, generator=gen))
+    path = save_checkpoint(model, tmp_path / "trained.pt")
+    assert read_checkpoint(path)["stores_frozen"] is False
+    torch.manual_seed(3)  # the reload draws other random numbers for whatever is not loaded
+    segmenter = Segmenter(card, checkpoint=path, device="cpu")
+    raw = raw_images(64, 64, seed=8)
+    names, inputs, size = segmenter.preprocess(raw)
+    assert names == list(MODS)
+    with torch.no_grad():
+        expected = model(inputs)["logits"]
+        torch.testing.assert_close(segmenter.model(inputs)["logits"], expected, rtol=0, atol=0)
+    result = segmenter.segment(raw)
+    np.testing.assert_array_equal(result.labels, torch.softmax(expected, 1)[0].argmax(0).numpy())
 
 
 def test_metric_inputs_in_metres_or_millimetres_agree(segmenter):

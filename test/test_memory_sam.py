@@ -275,6 +275,45 @@ def test_spmm_prototypes_move_with_momentum_and_carry_no_gradient():
     assert "global_prototypes" in spmm.state_dict()
 
 
+def authors_prototype_loss(memory, features, labels, momentum=0.2):
+    """The authors' PrototypeSegmentation step, written out as their code does it: per class
+    features[mask].mean(0), divided by the pixel count, absent classes 0; memory update; MSE over all classes."""
+    b, c, h, w = features.shape
+    small = F.interpolate(labels[:, None].float(), size=(h, w), mode="nearest").long().view(-1)
+    flat = features.permute(0, 2, 3, 1).reshape(-1, c)
+    protos = torch.zeros(memory.shape[0], c)
+    count = torch.zeros(memory.shape[0])
+    for k in range(memory.shape[0]):
+        mask = small == k
+        if mask.sum() > 0:
+            protos[k] = flat[mask].mean(0)
+            count[k] = mask.sum()
+    protos = protos / count.clamp(min=1)[:, None]
+    memory = (1 - momentum) * memory + momentum * protos.detach()
+    return F.mse_loss(protos, memory) * h * w, memory
+
+
+def test_spmm_official_form_is_the_authors_loss():
+    gen = torch.Generator().manual_seed(0)
+    spmm = SemanticPrototypeMemory(num_classes=4, channels=3, momentum=0.2, form="official")
+    memory = torch.zeros(4, 3)
+    for step in range(3):  # class 3 never appears; class 1 only in the first step: its memory decays
+        labels = torch.randint(0, 3 if step == 0 else 1, (2, 16, 16), generator=gen)
+        labels[:, :2] = 255
+        feats = torch.randn(2, 3, 4, 4, generator=gen, requires_grad=True)
+        expected, memory = authors_prototype_loss(memory, feats.detach(), labels)
+        loss = spmm(feats, labels)
+        torch.testing.assert_close(loss, expected)
+        torch.testing.assert_close(spmm.global_prototypes, memory)
+    loss.backward()
+    assert feats.grad.abs().sum() > 0
+    # The two forms differ by far more than rounding: the official prototypes are shrunk by the pixel counts.
+    mean_form = SemanticPrototypeMemory(num_classes=4, channels=3, momentum=0.2)
+    assert float(mean_form(feats.detach(), labels)) > 10 * float(loss.detach())
+    with pytest.raises(ConfigError, match="spmm_form"):
+        build_model(cards.derive(cards.load(CARD), memory_sam={"spmm_form": "paper"}))
+
+
 def test_checkpoint_round_trip(card, tmp_path):
     torch.manual_seed(7)
     model = build_model(card).train()

@@ -117,15 +117,15 @@ def test_modalities_use_their_own_experts(model):
     assert not torch.allclose(as_rgb, as_depth, atol=1e-4)
 
 
-@pytest.mark.parametrize("combine", ["sum", "mean"])
-def test_fusion_follows_equations_7_to_10(combine):
+@pytest.mark.parametrize("combine, renormalize", [("sum", False), ("mean", False), ("sum", True)])
+def test_fusion_follows_equations_7_to_10(combine, renormalize):
     torch.manual_seed(0)
     num, batch, dim = 4, 3, 8
     feats = torch.randn(num, batch, dim, 5, 6)
     present = torch.tensor([[1, 1, 1], [1, 0, 1], [0, 0, 1], [1, 0, 1]], dtype=torch.bool)
     feats = feats * present[:, :, None, None, None]
     for k in range(1, num + 2):
-        fusion = ModalityFusion(dim, top_k=k, combine=combine)
+        fusion = ModalityFusion(dim, top_k=k, combine=combine, renormalize=renormalize)
         unified, weights, chosen = fusion(feats, present)
         for b in range(batch):
             idx = present[:, b].nonzero().flatten()
@@ -134,11 +134,34 @@ def test_fusion_follows_equations_7_to_10(combine):
             scores = fusion.router(ys.mean(dim=(-2, -1))).squeeze(-1)
             w = torch.softmax(scores, 0)
             top = w.topk(min(k, len(idx))).indices
-            weighted = (w[top, None, None, None] * ys[top]).sum(0)
+            gate = w[top] / w[top].sum() if renormalize else w[top]  # Eq. 10 as written: not renormalised
+            weighted = (gate[:, None, None, None] * ys[top]).sum(0)
             expected = mean + weighted if combine == "sum" else (mean + weighted) / 2
             torch.testing.assert_close(unified[b], expected, atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(weights[b, idx], w)
             assert int(chosen[b].sum()) == min(k, len(idx)) and not chosen[b][~present[:, b]].any()
+
+
+def test_no_mem_embed_option_adds_sam2s_embedding_before_the_decoder():
+    torch.manual_seed(0)
+    plain = build_model(CARD).eval()
+    torch.manual_seed(0)
+    with_embed = build_model(card_with(mle_sam={"no_mem_embed": True})).eval()
+    assert "decoder.no_mem_embed" not in plain.state_dict()  # off: the state-dict keys of the shipped models
+    embed = with_embed.decoder.no_mem_embed
+    assert embed.shape == (1, 1, plain.decoder.dim) and not embed.requires_grad  # frozen like the transformer
+    with torch.no_grad():
+        embed.copy_(torch.randn(embed.shape))
+    gen = torch.Generator().manual_seed(1)
+    sfm = torch.randn(2, plain.decoder.dim, 4, 4, generator=gen)
+    ifp = torch.randn(2, plain.decoder.high_res_dims[1], 8, 8, generator=gen)
+    ffp = torch.randn(2, plain.decoder.high_res_dims[0], 16, 16, generator=gen)
+    with torch.no_grad():  # the same weights otherwise: adding it inside equals adding it to the SFM outside
+        torch.testing.assert_close(with_embed.decoder(sfm, ifp, ffp),
+                                   plain.decoder(sfm + embed.reshape(1, -1, 1, 1), ifp, ffp))
+        assert not torch.allclose(with_embed.decoder(sfm, ifp, ffp), plain.decoder(sfm, ifp, ffp))
+    scratch = build_model(card_with(mle_sam={"no_mem_embed": True}, trainable="from_scratch"))
+    assert scratch.decoder.no_mem_embed.requires_grad
 
 
 def test_bad_inputs_fail_clearly(model):
@@ -244,6 +267,9 @@ def test_bad_mle_sam_options_fail_at_build():
         build_model(card_with(loss={"weights": [1.0]}))
     with pytest.raises(ConfigError, match="mle_sam.output"):
         build_model(card_with(mle_sam={"output": "sum"}))
+    for flag in ("no_mem_embed", "renormalize_top_k"):
+        with pytest.raises(ConfigError, match=f"mle_sam.{flag}"):
+            build_model(card_with(mle_sam={flag: "yes"}))
 
 
 # -- OHEM (Eq. 13) -----------------------------------------------------------------------------------------------

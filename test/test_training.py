@@ -206,7 +206,51 @@ def test_recipe_missing_key_and_batch_split():
     assert again == recipe  # what a checkpoint stores reads back to the same recipe
 
 
+@pytest.mark.parametrize("world_size, accumulate", [(4, 1), (2, 2), (1, 4)])
+def test_per_gpu_batch_keeps_the_effective_batch_on_fewer_gpus(world_size, accumulate):
+    recipe = config.from_dict(config.apply_overrides(_base_recipe(), ["train.batch_size=16", "train.per_gpu_batch=4"]))
+    assert config.accumulation(recipe, world_size) == accumulate
+    assert config.micro_batch(recipe, world_size) == 4
+    assert world_size * accumulate * config.micro_batch(recipe, world_size) == 16
+
+
+def test_per_gpu_batch_errors_name_the_key():
+    recipe = config.from_dict(config.apply_overrides(_base_recipe(), ["train.batch_size=16", "train.per_gpu_batch=4"]))
+    with pytest.raises(ConfigError, match=r"train\.batch_size: 16 does not split over 8 process\(es\) x "
+                                          r"train\.per_gpu_batch=4"):
+        config.micro_batch(recipe, world_size=8)
+    with pytest.raises(ConfigError, match=r"train\.accumulate"):
+        config.from_dict(config.apply_overrides(_base_recipe(), ["train.per_gpu_batch=1", "train.accumulate=2"]))
+    with pytest.raises(ConfigError, match=r"train\.per_gpu_batch"):
+        config.from_dict(config.apply_overrides(_base_recipe(), ["train.per_gpu_batch=3"]))  # batch_size is 2
+
+
+@pytest.mark.parametrize("decay_1d", [False, True])
+def test_adamw_gives_1d_parameters_no_weight_decay(tmp_path, decay_1d):
+    """The papers' optimiser groups: biases and norm weights (p.dim() == 1) are not decayed, unless decay_1d."""
+    from mmseg_ros.nn.build import build_model
+    from mmseg_ros.training import distributed
+    from mmseg_ros.training.trainer import Trainer
+
+    recipe = config.from_dict(config.apply_overrides(
+        _base_recipe(), ["optimizer.weight_decay=0.5", f"optimizer.decay_1d={str(decay_1d).lower()}"]))
+    torch.manual_seed(0)
+    model = build_model("test_tiny_mle_sam")
+    trainer = Trainer(recipe, model, [None] * 4, None, None, tmp_path, distributed.init("cpu"), model.card.class_names)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    assert 0 < sum(p.dim() == 1 for p in trained) < len(trained)  # biases beside matrices and tokens
+    before = [p.detach().clone() for p in trained]
+    for p in trained:
+        p.grad = torch.zeros_like(p)  # Adam's step is then 0: only the decoupled weight decay moves a parameter
+    lr = trainer.optimizer.param_groups[0]["lr"]
+    trainer.optimizer.step()
+    for p, old in zip(trained, before):
+        factor = 1 - lr * 0.5 if decay_1d or p.dim() != 1 else 1.0
+        torch.testing.assert_close(p.detach(), old * factor, rtol=0, atol=1e-7)
+
+
 def test_shipped_recipes_validate(monkeypatch):
+    from mmseg_ros.data import transforms
     from mmseg_ros.training import build
 
     monkeypatch.delenv("SAM2_CHECKPOINTS", raising=False)
@@ -219,11 +263,22 @@ def test_shipped_recipes_validate(monkeypatch):
         recipe = config.load(path)
         card = build.load_card(recipe)
         assert card.num_classes >= 1 and recipe.optimizer.weight_decay == 0.01, path
+        norms = {m: card.normalization(m) for m in card.modalities}
+        transforms.train_pipeline(card.input_size, norms, **recipe.data.augment)  # the augment keys exist
         assert (recipe.schedule.warmup_ratio, recipe.schedule.power) == (0.1, 0.9), path
         if recipe.name.startswith(("deliver", "muses", "mcubes")):  # the papers' settings
             assert card.input_size == (1024, 1024) and recipe.schedule.warmup_epochs == 10, path
             assert card.lora_rank == {"mle_sam": 32, "memory_sam": 4}[card.architecture], path
-            assert str(card.sam2_checkpoint) == "/opt/sam2/sam2.1_hiera_base_plus.pt", path
+            assert not recipe.optimizer.decay_1d, path
+            augment = recipe.data.augment  # CMNeXt's jitter and blur
+            assert (augment["jitter"], augment["jitter_p"], augment["blur_p"], augment["blur_kernel"]) == \
+                (0.5, 0.2, 0.2, 3), path
+            memory = card.architecture == "memory_sam"
+            # MemorySAM: the authors' SAM 2.0 file and effective batch 16 (4 per GPU x 4 GPUs); MLE-SAM: 6 on one GPU
+            weights = "sam2_hiera_base_plus.pt" if memory else "sam2.1_hiera_base_plus.pt"
+            assert str(card.sam2_checkpoint) == f"/opt/sam2/{weights}", path
+            assert (recipe.train.batch_size, recipe.train.per_gpu_batch) == ((16, 4) if memory else (6, 6)), path
+            assert config.accumulation(recipe, world_size=1) == (4 if memory else 1), path
 
 
 # ---------------------------------------------------------------------------------------------------- data order

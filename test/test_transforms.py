@@ -123,6 +123,49 @@ def test_photometric_changes_only_the_camera():
     assert Compose([ColorJitter(p=1.0)], seed=0)(without_camera) == without_camera
 
 
+def test_cmnext_jitter_and_blur():
+    """CMNeXt's RandomColorJitter (brightness, contrast, saturation in that order, each clamped, factors U(0.5, 1.5))
+    and RandomGaussianBlur((3, 3)) (sigma 0.8, reflected borders), written out here as torchvision computes them."""
+    sample = coded_sample()
+    unit = sample["inputs"]["rgb"].astype(np.float32) / 255
+    out = Compose([ColorJitter(0.5, 0.5, 0.5, p=1.0, order="fixed")], seed=3)(sample)["inputs"]["rgb"]
+    rng = np.random.default_rng(3)
+    assert rng.random() < 1.0  # the p draw
+    b, c, s = (rng.uniform(0.5, 1.5) for _ in range(3))
+    gray = np.array([0.299, 0.587, 0.114], np.float32)
+    expected = np.clip(unit * b, 0, 1)
+    expected = np.clip((expected - (expected @ gray).mean()) * c + (expected @ gray).mean(), 0, 1)
+    expected = np.clip((expected - (expected @ gray)[..., None]) * s + (expected @ gray)[..., None], 0, 1)
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+
+    blurred = Compose([GaussianBlur(p=1.0, kernel=3)], seed=0)(sample)["inputs"]["rgb"]
+    taps = np.exp(-np.arange(-1, 2) ** 2 / (2 * 0.8 ** 2))
+    taps /= taps.sum()
+    padded = np.pad(unit, ((1, 1), (1, 1), (0, 0)), mode="reflect")  # torch's "reflect" = cv2's REFLECT_101
+    rows = sum(t * padded[i:i + H] for i, t in enumerate(taps))
+    expected = sum(t * rows[:, i:i + W] for i, t in enumerate(taps))
+    np.testing.assert_allclose(blurred, expected, atol=1e-5)
+    with pytest.raises(ConfigError, match="kernel"):
+        GaussianBlur(kernel=4)
+    with pytest.raises(ConfigError, match="order"):
+        ColorJitter(order="sorted")
+
+
+def test_photometric_first_is_cmnexts_order():
+    norm = ToModelInput.registry_normalization(ALL)
+    cmnext = train_pipeline(16, norm, jitter=0.5, jitter_p=0.2, jitter_order="fixed", blur_p=0.2, blur_kernel=3,
+                            photometric_first=True, seed=0)
+    assert [type(t).__name__ for t in cmnext.transforms] == [
+        "ColorJitter", "RandomHorizontalFlip", "GaussianBlur", "RandomResizedCrop", "ToModelInput"]
+    jitter, blur = cmnext.transforms[0], cmnext.transforms[2]
+    assert (jitter.p, jitter.order, jitter.strength["contrast"], blur.p, blur.kernel) == (0.2, "fixed", 0.5, 0.2, 3)
+    ours = train_pipeline(16, norm, seed=0)
+    assert [type(t).__name__ for t in ours.transforms] == [
+        "RandomResizedCrop", "RandomHorizontalFlip", "ColorJitter", "GaussianBlur", "ToModelInput"]
+    out = cmnext(coded_sample())
+    assert out["inputs"]["rgb"].shape == (3, 16, 16) and out["label"].shape == (16, 16)
+
+
 def test_random_transforms_need_the_compose_generator():
     with pytest.raises(ConfigError, match="Compose"):
         RandomHorizontalFlip()(coded_sample())

@@ -201,17 +201,28 @@ class _Photometric:
         raise NotImplementedError
 
 
+JITTER_ORDERS = ("random", "fixed")
+
+
 class ColorJitter(_Photometric):
-    """Random brightness, contrast and saturation factors in [1 - x, 1 + x], applied in random order."""
+    """Random brightness, contrast and saturation factors in [1 - x, 1 + x].
+
+    `order="random"`: the three in random order, clipped to [0, 1] once at the end. `order="fixed"`: brightness,
+    contrast, saturation in that order, each clipped to [0, 1], which is what CMNeXt's `RandomColorJitter` does with
+    torchvision's `adjust_*` functions (factors U(0.5, 1.5) there, i.e. x = 0.5, with p = 0.2)."""
 
     def __init__(self, brightness: float = 0.4, contrast: float = 0.4, saturation: float = 0.4, p: float = 0.8,
-                 modality: str = CAMERA):
+                 modality: str = CAMERA, order: str = "random"):
         super().__init__(p, modality)
+        if order not in JITTER_ORDERS:
+            raise ConfigError(f"ColorJitter: order must be one of {list(JITTER_ORDERS)}, got {order!r}")
         self.strength = {"brightness": brightness, "contrast": contrast, "saturation": saturation}
+        self.order = order
 
     def change(self, unit, rng):
         gray_weights = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-        for kind in rng.permutation(list(self.strength)):
+        fixed = self.order == "fixed"
+        for kind in (list(self.strength) if fixed else rng.permutation(list(self.strength))):
             amount = self.strength[kind]
             factor = np.float32(rng.uniform(max(0.0, 1.0 - amount), 1.0 + amount))
             if kind == "brightness":
@@ -222,15 +233,29 @@ class ColorJitter(_Photometric):
             else:
                 gray = (unit @ gray_weights)[:, :, None]
                 unit = (unit - gray) * factor + gray
+            if fixed:
+                unit = np.clip(unit, 0.0, 1.0)
         return unit
 
 
 class GaussianBlur(_Photometric):
-    def __init__(self, sigma: Tuple[float, float] = (0.1, 2.0), p: float = 0.5, modality: str = CAMERA):
+    """Blur with sigma ~ U(sigma), or, given `kernel`, a fixed k x k kernel whose sigma follows from its size as in
+    torchvision's `gaussian_blur` (0.3 * ((k - 1) / 2 - 1) + 0.8: 0.8 for CMNeXt's 3 x 3); reflected borders in
+    both libraries."""
+
+    def __init__(self, sigma: Tuple[float, float] = (0.1, 2.0), p: float = 0.5, modality: str = CAMERA,
+                 kernel: Optional[int] = None):
         super().__init__(p, modality)
+        if kernel is not None and (int(kernel) < 1 or int(kernel) % 2 == 0):
+            raise ConfigError(f"GaussianBlur: kernel must be an odd size >= 1, got {kernel!r}")
         self.sigma = (float(sigma[0]), float(sigma[1]))
+        self.kernel = None if kernel is None else int(kernel)
 
     def change(self, unit, rng):
+        if self.kernel is not None:
+            # torchvision's sigma for the size; cv2's own (sigma 0) uses fixed [1, 2, 1] / 4 taps for a 3 x 3 kernel
+            sigma = 0.3 * ((self.kernel - 1) * 0.5 - 1) + 0.8
+            return cv2.GaussianBlur(unit, (self.kernel, self.kernel), sigma)
         return cv2.GaussianBlur(unit, (0, 0), float(rng.uniform(*self.sigma)))
 
 
@@ -298,20 +323,28 @@ class ToModelInput:
 
 # ---------------------------------------------------------------------------------------------------- recipes
 def train_pipeline(size, normalization: Normalization, *, scale=(0.5, 2.0), flip: float = 0.5,
-                   jitter: float = 0.4, jitter_p: float = 0.8, blur_p: float = 0.5, modality_dropout: float = 0.0,
-                   droppable: Optional[Iterable[str]] = None, nearest: Optional[Iterable[str]] = None,
-                   seed: Optional[int] = None) -> Compose:
-    """Dropout -> random resized crop -> flip -> camera jitter/blur -> model input. Zero probabilities skip steps."""
-    steps = []
-    if modality_dropout > 0:
-        steps.append(ModalityDropout(modality_dropout, droppable))
-    steps.append(RandomResizedCrop(size, scale, nearest))
-    if flip > 0:
-        steps.append(RandomHorizontalFlip(flip))
+                   jitter: float = 0.4, jitter_p: float = 0.8, jitter_order: str = "random", blur_p: float = 0.5,
+                   blur_sigma=(0.1, 2.0), blur_kernel: Optional[int] = None, photometric_first: bool = False,
+                   modality_dropout: float = 0.0, droppable: Optional[Iterable[str]] = None,
+                   nearest: Optional[Iterable[str]] = None, seed: Optional[int] = None) -> Compose:
+    """Dropout -> random resized crop -> flip -> camera jitter/blur -> model input. Zero probabilities skip steps.
+
+    `photometric_first` gives CMNeXt's order instead (jitter -> flip -> blur -> random resized crop): the blur
+    kernel then acts on source pixels, before the crop's rescaling, and jitter statistics are those of the whole
+    frame without the crop's zero padding. CMNeXt's settings, which the DELIVER, MUSES and MCubeS recipes use:
+    `jitter: 0.5, jitter_p: 0.2, jitter_order: fixed, blur_p: 0.2, blur_kernel: 3, photometric_first: true`."""
+    jitter_step = None
     if jitter > 0 and jitter_p > 0:
-        steps.append(ColorJitter(jitter, jitter, jitter, jitter_p))
-    if blur_p > 0:
-        steps.append(GaussianBlur(p=blur_p))
+        jitter_step = ColorJitter(jitter, jitter, jitter, jitter_p, order=jitter_order)
+    blur_step = GaussianBlur(blur_sigma, blur_p, kernel=blur_kernel) if blur_p > 0 else None
+    flip_step = RandomHorizontalFlip(flip) if flip > 0 else None
+    crop_step = RandomResizedCrop(size, scale, nearest)
+    if photometric_first:
+        ordered = [jitter_step, flip_step, blur_step, crop_step]
+    else:
+        ordered = [crop_step, flip_step, jitter_step, blur_step]
+    steps = [ModalityDropout(modality_dropout, droppable)] if modality_dropout > 0 else []
+    steps += [step for step in ordered if step is not None]
     steps.append(ToModelInput(normalization))
     return Compose(steps, seed)
 

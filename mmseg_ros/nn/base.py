@@ -86,10 +86,18 @@ class MultiModalSegmenter(nn.Module):
         """Buffers a project checkpoint must carry besides trained parameters (e.g. running prototypes)."""
         return []
 
+    def self_initialised_names(self) -> List[str]:
+        """Frozen tensors the model initialises itself rather than loading them from the official SAM2 file (e.g. a
+        SAM2 layer re-created with K outputs that nothing trains). A checkpoint must carry them: a reload would
+        draw other random values, and the reloaded model would differ from the one that was trained."""
+        return []
+
     def trainable_state_dict(self) -> "OrderedDict[str, torch.Tensor]":
-        """Only what training changes: parameters that require grad plus `trained_buffer_names()`."""
+        """What the model holds beyond the official SAM2 weights: parameters that require grad,
+        `trained_buffer_names()` and `self_initialised_names()`."""
         state = self.state_dict(keep_vars=True)
-        keep = {name for name, p in self.named_parameters() if p.requires_grad} | set(self.trained_buffer_names())
+        keep = {name for name, p in self.named_parameters() if p.requires_grad}
+        keep |= set(self.trained_buffer_names()) | set(self.self_initialised_names())
         return OrderedDict((k, v.detach()) for k, v in state.items() if k in keep)
 
     # -- parameter accounting -------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Project checkpoints: only what training changed, plus what is needed to check it fits before loading.
+"""Project checkpoints: what the official SAM2 file cannot give (what training changed, and frozen layers the model
+initialised itself), plus what is needed to check it fits before loading.
 
 A file (written atomically with torch.save, read with weights_only=True) holds:
   format, version, architecture, card (self-contained card dict), classes (names), modalities (expert order),

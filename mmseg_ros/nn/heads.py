@@ -8,12 +8,17 @@ MLP per class turns its token into a mask at stride 4. The 1x1 convolutions that
 are SAM2's `conv_s1` / `conv_s0`; MLE-SAM applies them per modality before fusion, so they live here and are
 called by the model through `reduce_high_res`.
 
+SAM2's image path (`SAM2ImagePredictor`, `_prepare_memory_conditioned_features` for an init frame) adds the learned
+`no_mem_embed` to the stride-16 features before the decoder when the config says `directly_add_no_mem_embed`; the
+paper's Eq. 11 feeds the fused map as it is. Given `no_mem_embed`, the decoder adds it to the fused SFM too, so the
+frozen transformer sees features offset as in SAM2's own training (card option `mle_sam.no_mem_embed`).
+
 `AuxiliaryHead` (Eq. 12, Fig. 4): per-level MLPs (1x1 convolutions) to d/8 channels, bilinear upsampling to the
 stride-4 size, concatenation, a linear fusion layer, dropout and a linear prediction layer.
 """
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +28,8 @@ from sam2.modeling.sam2_utils import MLP
 
 
 class ClassMaskDecoder(nn.Module):
-    def __init__(self, sam_mask_decoder: nn.Module, sam_prompt_encoder: nn.Module, num_classes: int):
+    def __init__(self, sam_mask_decoder: nn.Module, sam_prompt_encoder: nn.Module, num_classes: int,
+                 no_mem_embed: Optional[nn.Parameter] = None):
         super().__init__()
         if not getattr(sam_mask_decoder, "use_high_res_features", False):
             raise ValueError("MLE-SAM needs a SAM2 config with use_high_res_features_in_sam: true (conv_s0/conv_s1)")
@@ -36,6 +42,9 @@ class ClassMaskDecoder(nn.Module):
         self.conv_s1 = sam_mask_decoder.conv_s1  # d -> d/4, stride 8 (IFP)
         self.pe_layer = sam_prompt_encoder.pe_layer  # random-Fourier positional encoding (a buffer, no weights)
         self.no_mask_embed = sam_prompt_encoder.no_mask_embed  # SAM2's dense embedding when no mask is prompted
+        # SAM2Base's (1, 1, d) "no memory" embedding; registered only when used, so models without it keep their
+        # state-dict keys (and the checkpoints trained without it still load).
+        self.no_mem_embed = no_mem_embed
         # New: one token and one hypernetwork per class (SAM2 has 4 class-agnostic mask tokens).
         self.class_tokens = nn.Embedding(num_classes, dim)
         self.hypernetworks = nn.ModuleList(MLP(dim, dim, dim // 8, 3) for _ in range(num_classes))
@@ -52,6 +61,8 @@ class ClassMaskDecoder(nn.Module):
     def forward(self, sfm: torch.Tensor, ifp: torch.Tensor, ffp: torch.Tensor) -> torch.Tensor:
         """Fused maps -> class logits (B, K, H/4, W/4)."""
         batch, dim, height, width = sfm.shape
+        if self.no_mem_embed is not None:
+            sfm = sfm + self.no_mem_embed.reshape(1, dim, 1, 1)
         src = sfm + self.no_mask_embed.weight.reshape(1, dim, 1, 1)
         pos = self.pe_layer((height, width)).unsqueeze(0).to(src.dtype).expand(batch, -1, -1, -1)
         tokens = self.class_tokens.weight.unsqueeze(0).expand(batch, -1, -1)

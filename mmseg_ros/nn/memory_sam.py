@@ -31,7 +31,8 @@ Outputs of `forward`: "logits" (B, K, H, W); "frame_logits" {modality: (B, K, H/
 the decoder's stride 4 (zeros for samples without that modality); "modalities" and "present" (B, M) in sequence
 (card) order; in training also "spmm_features" (B, d/8, H/4, W/4) for the loss.
 
-Card block `memory_sam:` keys: spmm_weight (alpha, 1.0), spmm_momentum (0.2). `loss:` keys: ohem_thresh (0.7),
+Card block `memory_sam:` keys: spmm_weight (alpha, 1.0), spmm_momentum (0.2), spmm_form (masked_mean | official,
+see spmm.py). `loss:` keys: ohem_thresh (0.7),
 weights ([1.0], the weight of OHEM on the final logits).
 """
 from __future__ import annotations
@@ -52,9 +53,10 @@ from .base import MultiModalSegmenter
 from .lora import apply_lora, lora_parameters
 from .losses import ohem_cross_entropy
 from .sam2_backbone import build_sam2
-from .spmm import SemanticPrototypeMemory
+from .spmm import FORMS as SPMM_FORMS, SemanticPrototypeMemory
 
-DEFAULTS = {"spmm_weight": 1.0, "spmm_momentum": 0.2}
+# spmm_form: "masked_mean" (true per-class means) or "official" (the authors' code: mean / pixel count), spmm.py.
+DEFAULTS = {"spmm_weight": 1.0, "spmm_momentum": 0.2, "spmm_form": "masked_mean"}
 LOSS_DEFAULTS = {"ohem_thresh": 0.7, "weights": (1.0,)}
 OBJECT_PRESENT_SCORE = 10.0  # SAM2's own object-score logit when it does not predict one (sigmoid(10) ~ 1)
 # Quality heads of SAM2's decoder: frozen in the paper setting (the official code freezes them too).
@@ -85,7 +87,8 @@ class MemorySAM(MultiModalSegmenter):
         resize_class_tokens(sam.sam_mask_decoder, self.num_classes)
         self.sam = sam
         self.spmm = SemanticPrototypeMemory(
-            self.num_classes, sam.sam_mask_decoder.conv_s0.out_channels, self.options["spmm_momentum"]
+            self.num_classes, sam.sam_mask_decoder.conv_s0.out_channels, self.options["spmm_momentum"],
+            form=self.options["spmm_form"],
         )
         self.apply_trainable()
 
@@ -230,6 +233,14 @@ class MemorySAM(MultiModalSegmenter):
     def trained_buffer_names(self) -> List[str]:
         return ["spmm.global_prototypes"]
 
+    def self_initialised_names(self) -> List[str]:
+        # `resize_class_tokens` re-creates the IoU head's output layer with K + 1 outputs and the quality heads stay
+        # frozen, so that layer keeps its random initialisation. It picks the mask that becomes each frame's memory:
+        # without it in the checkpoint a reload (another random draw) gives other logits.
+        head = self.sam.sam_mask_decoder.iou_prediction_head
+        prefix = f"sam.sam_mask_decoder.iou_prediction_head.layers.{len(head.layers) - 1}"
+        return [f"{prefix}.{name}" for name, p in head.layers[-1].named_parameters() if not p.requires_grad]
+
     def component_prefixes(self):
         decoder = "sam.sam_mask_decoder"
         return OrderedDict((
@@ -250,7 +261,8 @@ def resize_class_tokens(decoder: nn.Module, num_classes: int) -> None:
     """Give SAM2's MaskDecoder K multimask outputs (K + 1 mask tokens, token 0 being SAM2's single-mask token),
     as the official code builds it with K = 25. The new tokens, their hypernetwork MLPs and the IoU head's output
     layer start from their initialisation (the official code does not load those from the SAM2 checkpoint either);
-    every other decoder weight stays as loaded."""
+    every other decoder weight stays as loaded. The IoU layer stays frozen, so project checkpoints carry it
+    (`MemorySAM.self_initialised_names`)."""
     dim = decoder.transformer_dim
     count = num_classes + 1
     ref = decoder.mask_tokens.weight
@@ -314,6 +326,9 @@ def _validate(options, loss_options, card, where: str) -> None:
     momentum = options["spmm_momentum"]
     if not isinstance(momentum, (int, float)) or isinstance(momentum, bool) or not 0 < momentum <= 1:
         raise ConfigError(f"{where}: 'memory_sam.spmm_momentum' must be in (0, 1], got {momentum!r}")
+    if options["spmm_form"] not in SPMM_FORMS:
+        raise ConfigError(f"{where}: 'memory_sam.spmm_form' must be one of {list(SPMM_FORMS)}, "
+                          f"got {options['spmm_form']!r}")
     weights = loss_options["weights"]
     if not isinstance(weights, (list, tuple)) or len(weights) != 1:
         raise ConfigError(f"{where}: 'loss.weights' must be [w] (OHEM on the final logits), got {weights!r}")

@@ -12,10 +12,13 @@
    each); card `output: decoder` or `aux` takes one path.
 5. Loss (Eq. 14): w0 * OHEM(S_0) + w1 * OHEM(S_1).
 
-Card block `mle_sam:` keys: top_k (2), combine (sum | mean), aux_dropout (0.1), output (mean | decoder | aux: what
+Card block `mle_sam:` keys: top_k (2), combine (sum | mean), renormalize_top_k (false: Eq. 10 as written; true
+divides the chosen weights by their sum, fusion.py), aux_dropout (0.1), output (mean | decoder | aux: what
 "logits" is; both paths train either way), train_decoder_transformer (false:
 the paper keeps the decoder's transformer block frozen; class tokens, hypernetworks, upscaling and the 1x1 convs
-train). `loss:` keys: ohem_thresh (0.7), weights ([1.0, 1.0] for S_0, S_1).
+train), no_mem_embed (false: the fused SFM enters the decoder as the paper describes; true adds SAM2's
+`no_mem_embed` first, as SAM2's image path does with `directly_add_no_mem_embed`, heads.py). `loss:` keys:
+ohem_thresh (0.7), weights ([1.0, 1.0] for S_0, S_1).
 """
 from __future__ import annotations
 
@@ -35,7 +38,9 @@ from .lora import lora_parameters
 from .losses import weighted_ohem
 from .sam2_backbone import SAM2Backbone, build_sam2
 
-DEFAULTS = {"top_k": 2, "combine": "sum", "aux_dropout": 0.1, "train_decoder_transformer": False, "output": "mean"}
+# renormalize_top_k and no_mem_embed default to off: the shipped checkpoints were trained without them.
+DEFAULTS = {"top_k": 2, "combine": "sum", "renormalize_top_k": False, "aux_dropout": 0.1,
+            "train_decoder_transformer": False, "output": "mean", "no_mem_embed": False}
 # What "logits" is: the mean of both paths, or one of them. Both paths always train (Eq. 14); out of training the
 # unused path is not computed.
 OUTPUTS = ("mean", "decoder", "aux")
@@ -58,12 +63,14 @@ class MLESAM(MultiModalSegmenter):
             raise ConfigError(f"{where}: MLE-SAM needs SAM2's 4-stage Hiera with scalp 1 (3 FPN levels)")
         # Only the image encoder and the decoder parts are kept; SAM2's memory modules are not part of MLE-SAM.
         self.backbone = SAM2Backbone.from_card(sam, card, num_experts=len(self.modalities))
-        self.decoder = ClassMaskDecoder(sam.sam_mask_decoder, sam.sam_prompt_encoder, self.num_classes)
+        no_mem_embed = sam.no_mem_embed if self.options["no_mem_embed"] else None
+        self.decoder = ClassMaskDecoder(sam.sam_mask_decoder, sam.sam_prompt_encoder, self.num_classes, no_mem_embed)
         d = self.backbone.d_model
         ffp_dim, ifp_dim = self.decoder.high_res_dims
         dims = {"sfm": d, "ifp": ifp_dim, "ffp": ffp_dim}
         self.fusion = nn.ModuleDict(
-            {lvl: ModalityFusion(dims[lvl], self.options["top_k"], self.options["combine"]) for lvl in LEVELS}
+            {lvl: ModalityFusion(dims[lvl], self.options["top_k"], self.options["combine"],
+                                 self.options["renormalize_top_k"]) for lvl in LEVELS}
         )
         self.aux_head = AuxiliaryHead([dims[lvl] for lvl in LEVELS], ffp_dim, self.num_classes,
                                       self.options["aux_dropout"])
@@ -131,9 +138,10 @@ class MLESAM(MultiModalSegmenter):
             heads = chain(heads, decoder.transformer.parameters())
         if setting == "paper":
             return heads
-        if setting == "from_scratch":
+        if setting == "from_scratch":  # the SAM2 embeddings too (frozen like the transformer in the paper setting)
+            embeddings = [decoder.no_mem_embed] if decoder.no_mem_embed is not None else []
             return chain(heads, self.backbone.parameters(), decoder.transformer.parameters(),
-                         decoder.no_mask_embed.parameters())
+                         decoder.no_mask_embed.parameters(), embeddings)
         raise ConfigError(f"card {self.card.name!r}: unknown trainable setting {setting!r}")
 
     def component_prefixes(self):
@@ -165,9 +173,9 @@ def _validate(options, loss_options, where: str) -> None:
     dropout = options["aux_dropout"]
     if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0 <= dropout < 1:
         raise ConfigError(f"{where}: 'mle_sam.aux_dropout' must be in [0, 1), got {dropout!r}")
-    if not isinstance(options["train_decoder_transformer"], bool):
-        raise ConfigError(f"{where}: 'mle_sam.train_decoder_transformer' must be true or false, "
-                          f"got {options['train_decoder_transformer']!r}")
+    for flag in ("train_decoder_transformer", "renormalize_top_k", "no_mem_embed"):
+        if not isinstance(options[flag], bool):
+            raise ConfigError(f"{where}: 'mle_sam.{flag}' must be true or false, got {options[flag]!r}")
     weights = loss_options["weights"]
     if len(weights) != 2:
         raise ConfigError(f"{where}: 'loss.weights' must be [w0, w1] (decoder path, auxiliary path), "

@@ -7,14 +7,17 @@ momentum (Eq. 11) and returns MSE(global, current) * (H/4 * W/4) (Eq. 12). It ad
 "convolution to 32 channels" of the paper is the mask decoder's own `conv_s0` (the official code feeds SPMM the
 `backbone_fpn[0]` features after `conv_s0`), so the caller passes those features in.
 
-Details where paper and official code differ, and what this module does:
-- Current prototype = masked average over the pixels of that class in the whole batch (the true class mean; the paper's
-  Eq. 9-10 "global average" of the masked map and the official code's `mean / count`, which divides by the pixel
-  count twice, both shrink prototypes by the class frequency, making the loss scale depend on it).
-- Classes absent from a batch keep their global prototype and are left out of the loss (the official code sets
-  their current prototype to 0, which decays the memory of rare classes and pulls their features to 0).
-- Order as in the official code: update the global prototypes first, then compare with the updated (detached)
-  ones; that is the paper's order times (1 - momentum)^2 on the loss.
+Two forms (`form`), because the paper's text and the official code give different losses in effect:
+- `masked_mean` (default): current prototype = masked average over the pixels of that class in the whole batch.
+  Classes absent from a batch keep their global prototype and are left out of the loss.
+- `official`: the authors' `PrototypeSegmentation`: the class mean is divided by the class's pixel count once more
+  (`features[mask].mean(0) / count`), absent classes are zero prototypes that enter the momentum update (their
+  memory decays) and the MSE, which averages over all K classes. Prototypes shrink by the pixel count, so frequent
+  classes contribute almost nothing and classes with few pixels in the batch dominate alpha * MSE * (H/4 * W/4);
+  with alpha = 1 this is the loss the published results trained with. The paper's Eq. 9-10 "global average" of
+  the masked map also shrinks prototypes by the class frequency; neither is a true mean.
+- Order as in the official code (both forms): update the global prototypes first, then compare with the updated
+  (detached) ones; that is the paper's order times (1 - momentum)^2 on the loss.
 - Global prototypes start at 0 (official); under torch.distributed the class sums and counts are all-reduced for
   the update so every replica keeps the same memory, while the loss uses the local (differentiable) prototypes.
 """
@@ -29,11 +32,18 @@ from ..classes import IGNORE_INDEX
 from ..errors import ConfigError
 
 
+FORMS = ("masked_mean", "official")
+
+
 class SemanticPrototypeMemory(nn.Module):
-    def __init__(self, num_classes: int, channels: int, momentum: float = 0.2, ignore_index: int = IGNORE_INDEX):
+    def __init__(self, num_classes: int, channels: int, momentum: float = 0.2, ignore_index: int = IGNORE_INDEX,
+                 form: str = "masked_mean"):
         super().__init__()
         if not 0.0 < momentum <= 1.0:
             raise ConfigError(f"SPMM momentum must be in (0, 1], got {momentum!r}")
+        if form not in FORMS:
+            raise ConfigError(f"SPMM form must be one of {list(FORMS)}, got {form!r}")
+        self.form = form
         self.num_classes = int(num_classes)
         self.channels = int(channels)
         self.momentum = float(momentum)
@@ -64,8 +74,12 @@ class SemanticPrototypeMemory(nn.Module):
             dist.all_reduce(sums)
             dist.all_reduce(counts)
         seen = counts > 0
-        current = sums[seen] / counts[seen, None]
         memory = self.global_prototypes
+        if self.form == "official":  # every class moves; absent ones towards 0
+            current = sums / counts.clamp(min=1)[:, None] ** 2
+            memory.mul_(1.0 - self.momentum).add_(self.momentum * current.to(memory.dtype))
+            return seen
+        current = sums[seen] / counts[seen, None]
         memory[seen] = (1.0 - self.momentum) * memory[seen] + self.momentum * current.to(memory.dtype)
         return seen
 
@@ -73,9 +87,12 @@ class SemanticPrototypeMemory(nn.Module):
         """Update the memory and return the prototype loss MSE(global, current) * h * w (alpha not applied)."""
         sums, counts, current = self.current_prototypes(features.float(), labels)
         self.update(sums, counts)
+        h, w = features.shape[-2:]
+        if self.form == "official":
+            shrunk = current / counts.clamp(min=1)[:, None]  # absent classes: 0
+            return F.mse_loss(shrunk, self.global_prototypes.detach()) * (h * w)
         local = counts > 0
         if not bool(local.any()):
             return features.sum() * 0.0  # nothing labelled in this batch: a zero that keeps the graph
-        h, w = features.shape[-2:]
         target = self.global_prototypes[local].detach()
         return F.mse_loss(current[local], target) * (h * w)

@@ -40,6 +40,9 @@ class OptimizerConfig:
     weight_decay: float = 0.01
     betas: Tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
+    # false: 1-D parameters (biases, norm weights) get weight decay 0, as the DELIVER/CMNeXt optimiser both papers
+    # train with (`p.dim() == 1` in its own group); true decays them too (how the shipped synthetic models trained).
+    decay_1d: bool = False
 
 
 @dataclass(frozen=True)
@@ -52,8 +55,11 @@ class ScheduleConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    batch_size: int  # samples per optimiser step, over all processes and accumulation steps together
+    batch_size: int  # the effective batch: samples per optimiser step, over all processes and accumulation steps
     accumulate: int = 1  # micro-batches per optimiser step (per process)
+    # Samples per process (one process per GPU) per forward pass. When set, `accumulate` is not: it follows from
+    # batch_size / (processes x per_gpu_batch), so the recipe keeps its effective batch on fewer GPUs.
+    per_gpu_batch: Optional[int] = None
     clip_grad_norm: Optional[float] = None
     amp: str = "none"  # none | bf16 | fp16; CUDA only (ignored on CPU)
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower; exact resume on GPU needs it)
@@ -260,6 +266,11 @@ def _check(r: Recipe) -> None:
     need(r.schedule.power > 0, "schedule.power", r.schedule.power, "must be > 0")
     need(r.train.batch_size >= 1, "train.batch_size", r.train.batch_size, "must be >= 1")
     need(r.train.accumulate >= 1, "train.accumulate", r.train.accumulate, "must be >= 1")
+    per_gpu = r.train.per_gpu_batch
+    need(per_gpu is None or 1 <= per_gpu <= r.train.batch_size, "train.per_gpu_batch", per_gpu,
+         f"must be in [1, train.batch_size={r.train.batch_size}] or null")
+    need(per_gpu is None or r.train.accumulate == 1, "train.accumulate", r.train.accumulate,
+         "follows from train.per_gpu_batch when that is set; set one of the two")
     need(r.train.clip_grad_norm is None or r.train.clip_grad_norm > 0, "train.clip_grad_norm",
          r.train.clip_grad_norm, "must be > 0 or null")
     need(r.train.amp in AMP_MODES, "train.amp", r.train.amp, f"must be one of {', '.join(AMP_MODES)}")
@@ -273,14 +284,26 @@ def _check(r: Recipe) -> None:
     need(r.log.every_iters >= 1, "log.every_iters", r.log.every_iters, "must be >= 1")
 
 
+def accumulation(recipe: Recipe, world_size: int) -> int:
+    """Micro-batches per optimiser step and process: `train.accumulate`, or batch_size / (processes x
+    per_gpu_batch) when `train.per_gpu_batch` is set."""
+    per_gpu = recipe.train.per_gpu_batch
+    if per_gpu is None:
+        return recipe.train.accumulate
+    return _split_batch(recipe, world_size, "train.per_gpu_batch", per_gpu)
+
+
 def micro_batch(recipe: Recipe, world_size: int) -> int:
     """Samples per process per forward pass: batch_size / (processes x accumulation steps), exactly."""
-    parts = world_size * recipe.train.accumulate
+    return _split_batch(recipe, world_size, "train.accumulate", accumulation(recipe, world_size))
+
+
+def _split_batch(recipe: Recipe, world_size: int, key: str, factor: int) -> int:
+    """batch_size / (world_size x factor), which must be whole."""
+    parts = world_size * factor
     if recipe.train.batch_size % parts:
-        raise ConfigError(
-            f"train.batch_size: {recipe.train.batch_size} does not split over {world_size} process(es) x "
-            f"train.accumulate={recipe.train.accumulate}; make it a multiple of {parts}"
-        )
+        raise ConfigError(f"train.batch_size: {recipe.train.batch_size} does not split over {world_size} "
+                          f"process(es) x {key}={factor}; make it a multiple of {parts} or change {key}")
     return recipe.train.batch_size // parts
 
 

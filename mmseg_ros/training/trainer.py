@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from ..errors import CheckpointError
 from . import checkpoints, distributed, sampling, schedule
-from .config import Recipe, micro_batch
+from .config import Recipe, accumulation, micro_batch
 from .metrics_log import MetricsLog
 from .plots import PLOT_NAME, plot_curves
 
@@ -55,15 +55,16 @@ class Trainer:
         self.module = model
         self.train_set = sampling.SeededSamples(train_set, recipe.seed)
         self.val_set = None if val_set is None else sampling.SeededSamples(val_set, recipe.seed)
+        self.accumulate = accumulation(recipe, ctx.world_size)
         self.micro_batch = micro_batch(recipe, ctx.world_size)
         self.steps_per_epoch = sampling.steps_per_epoch(
-            len(train_set), ctx.world_size, self.micro_batch, recipe.train.accumulate
+            len(train_set), ctx.world_size, self.micro_batch, self.accumulate
         )
-        params = [p for p in model.parameters() if p.requires_grad]
-        if not params:
-            raise CheckpointError(f"{recipe.name}: the model has no trainable parameter (check the card's 'trainable')")
         opt = recipe.optimizer
-        self.optimizer = torch.optim.AdamW(params, lr=opt.lr, betas=opt.betas, eps=opt.eps,
+        groups = param_groups(model, opt.weight_decay, opt.decay_1d)
+        if not groups:
+            raise CheckpointError(f"{recipe.name}: the model has no trainable parameter (check the card's 'trainable')")
+        self.optimizer = torch.optim.AdamW(groups, lr=opt.lr, betas=opt.betas, eps=opt.eps,
                                            weight_decay=opt.weight_decay)
         self.scheduler = schedule.build(self.optimizer, recipe.schedule, self.steps_per_epoch)
         cuda = ctx.device.type == "cuda"
@@ -76,6 +77,9 @@ class Trainer:
             self._resume(resume_from)
         self.log = MetricsLog(self.out_dir, enabled=ctx.is_main,
                               resume_iteration=self.progress.iteration if resume_from is not None else None)
+        if ctx.is_main:
+            print(f"batch: {recipe.train.batch_size} samples per optimiser step = {ctx.world_size} process(es) x "
+                  f"{self.accumulate} accumulation step(s) x {self.micro_batch} per process", file=sys.stderr)
         if ctx.is_main and recipe.train.amp != "none" and not cuda:
             print(f"note: train.amp={recipe.train.amp} applies on CUDA only; training in float32 on CPU",
                   file=sys.stderr)
@@ -103,7 +107,7 @@ class Trainer:
 
     def _train_epoch(self) -> None:
         recipe, ctx, p = self.recipe, self.ctx, self.progress
-        accumulate = recipe.train.accumulate
+        accumulate = self.accumulate
         batches = sampling.epoch_batches(len(self.train_set), p.epoch, recipe.seed, ctx.rank, ctx.world_size,
                                          self.micro_batch, accumulate)
         self.train_set.set_epoch(p.epoch)
@@ -213,6 +217,11 @@ class Trainer:
         state = checkpoints.load_state(path)
         checkpoints.check_frozen_digest(self.module, state["frozen_digest"], path)
         checkpoints.load_model_tensors(self.module, state["model"], path)
+        stored_groups, groups = len(state["optimizer"]["param_groups"]), len(self.optimizer.param_groups)
+        if stored_groups != groups:  # torch's own message does not say which recipe key makes the groups
+            raise CheckpointError(f"{path}: its optimiser has {stored_groups} parameter group(s), this recipe builds "
+                                  f"{groups}; was optimizer.decay_1d changed? (runs before that key existed decayed "
+                                  f"1-D parameters: resume them with optimizer.decay_1d=true)")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -271,6 +280,18 @@ class Trainer:
 
         return tqdm(total=self.steps_per_epoch, initial=self.progress.step_in_epoch, unit="step", dynamic_ncols=True,
                     desc=f"epoch {epoch + 1}/{self.recipe.schedule.epochs}", file=sys.stderr)
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float, decay_1d: bool) -> List[dict]:
+    """AdamW groups of the trainable parameters: without `decay_1d`, 1-D ones (biases, norm weights) get weight
+    decay 0 in a second group, as in the DELIVER/CMNeXt optimiser the papers use. Empty groups are left out."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if decay_1d:
+        return [{"params": params, "weight_decay": weight_decay}] if params else []
+    decayed = [p for p in params if p.dim() != 1]
+    exempt = [p for p in params if p.dim() == 1]
+    groups = [{"params": decayed, "weight_decay": weight_decay}, {"params": exempt, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
 
 
 class _Window:
