@@ -10,8 +10,8 @@ import contextlib
 
 from .errors import ConfigError
 
-FP32 = "fp32"
-NAMES = (FP32, "fp16", "bf16")
+FP32, FP16, BF16 = "fp32", "fp16", "bf16"
+NAMES = (FP32, FP16, BF16)
 
 
 def check(name: str, what: str = "precision") -> str:
@@ -24,7 +24,12 @@ def dtype(name: str):
     """The torch dtype of a precision name."""
     import torch
 
-    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[check(name)]
+    return {FP32: torch.float32, FP16: torch.float16, BF16: torch.bfloat16}[check(name)]
+
+
+def needs_grad_scaling(name: str) -> bool:
+    """fp16's narrow exponent underflows small gradients; bf16 and fp32 train without a GradScaler."""
+    return check(name) == FP16
 
 
 def effective(name: str, device) -> str:

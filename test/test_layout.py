@@ -183,3 +183,11 @@ def test_test_only_cards_are_not_installed_for_users():
     assert "default.yaml" in files and "mle_sam_synth.pt" in files
     assert not [f for f in files if f.startswith("test_tiny_")]
     assert (ROOT / "models" / "test_tiny_mle_sam.yaml").is_file()  # the tests still find them in the checkout
+
+
+def test_one_precision_policy():
+    """Precision names, dtypes and the autocast rule live in mmseg_ros/precision.py only."""
+    spelled = ("bfloat16", "float16", '"fp16"', '"bf16"', "torch.autocast(")
+    found = [f"{path.relative_to(ROOT)}: {word}" for path in PACKAGE.rglob("*.py") if path.name != "precision.py"
+             for word in spelled if word in path.read_text()]
+    assert not found, found

@@ -67,7 +67,7 @@ def main(args) -> int:
         model = build_model(card).to(device).train()
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
-        scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
+        scaler = torch.amp.GradScaler(device.type, enabled=precisions.needs_grad_scaling(args.precision))
         trained_m = sum(p.numel() for p in params) / 1e6
         for n in counts:
             names = card.modalities[:n]

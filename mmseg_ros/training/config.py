@@ -16,10 +16,13 @@ from typing import Any, Dict, Optional, Tuple, Union
 
 import yaml
 
+from .. import precision as precisions
 from ..errors import ConfigError
 from ..resources import resolve
 
-AMP_MODES = ("none", "bf16", "fp16")
+# train.amp: "none" (fp32) or a half precision of the one precision policy
+AMP_PRECISION = {"none": precisions.FP32, **{n: n for n in precisions.NAMES if n != precisions.FP32}}
+AMP_MODES = tuple(AMP_PRECISION)
 
 
 @dataclass(frozen=True)

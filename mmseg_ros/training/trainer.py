@@ -19,13 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from .. import precision as precisions
 from ..errors import CheckpointError
-from . import checkpoints, distributed, sampling, schedule
+from . import checkpoints, config, distributed, sampling, schedule
 from .config import Recipe, accumulation, micro_batch
 from .metrics_log import MetricsLog
 from .plots import PLOT_NAME, plot_curves
 
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -68,8 +68,9 @@ class Trainer:
                                            weight_decay=opt.weight_decay)
         self.scheduler = schedule.build(self.optimizer, recipe.schedule, self.steps_per_epoch)
         cuda = ctx.device.type == "cuda"
-        self.amp_dtype = AMP_DTYPES.get(recipe.train.amp) if cuda else None
-        self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=cuda and recipe.train.amp == "fp16")
+        # train.amp "none" is the precision policy's fp32; half precisions run on CUDA only, as everywhere.
+        self.precision = precisions.effective(config.AMP_PRECISION[recipe.train.amp], ctx.device)
+        self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=precisions.needs_grad_scaling(self.precision))
         self.model = distributed.wrap(ctx, model, recipe.train.find_unused_parameters)
         self.frozen = checkpoints.frozen_digest(model)
         self.progress = Progress()
@@ -260,9 +261,7 @@ class Trainer:
         return float(self.optimizer.param_groups[0]["lr"])
 
     def _autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.ctx.device.type, dtype=self.amp_dtype)
+        return precisions.autocast(self.ctx.device, self.precision)
 
     def _loader(self, dataset, batches: List[List[int]], num_workers: int) -> DataLoader:
         device = self.ctx.device
