@@ -14,6 +14,7 @@ BENCHMARKS = {
     "node": "node overhead vs bare DDS transport",
     "train": "training step throughput",
     "soak": "the node for minutes at 2x sensor rate with random drop-outs: RSS growth, latency p95 drift, drops",
+    "dds": "large images between processes per DDS profile placement; node answers with `mmseg dds env` set-up",
 }
 
 
