@@ -81,7 +81,15 @@ class CameraInfo:
     binning_y: int = 0
 
 
-_PLAIN = {"Image": Image, "PointCloud2": PointCloud2, "PointField": PointField, "CameraInfo": CameraInfo}
+@dataclass
+class CompressedImage:
+    header: Header = field(default_factory=Header)
+    format: str = ""
+    data: bytes = b""
+
+
+_PLAIN = {"Image": Image, "PointCloud2": PointCloud2, "PointField": PointField, "CameraInfo": CameraInfo,
+          "CompressedImage": CompressedImage}
 _PLAIN_TYPES = tuple(_PLAIN.values())
 
 
