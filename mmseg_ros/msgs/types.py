@@ -68,6 +68,15 @@ class PointCloud2:
 
 
 @dataclass
+class RegionOfInterest:
+    x_offset: int = 0
+    y_offset: int = 0
+    height: int = 0
+    width: int = 0
+    do_rectify: bool = False
+
+
+@dataclass
 class CameraInfo:
     header: Header = field(default_factory=Header)
     height: int = 0
@@ -79,6 +88,7 @@ class CameraInfo:
     p: List[float] = field(default_factory=lambda: [0.0] * 12)
     binning_x: int = 0
     binning_y: int = 0
+    roi: RegionOfInterest = field(default_factory=RegionOfInterest)
 
 
 @dataclass
@@ -89,7 +99,7 @@ class CompressedImage:
 
 
 _PLAIN = {"Image": Image, "PointCloud2": PointCloud2, "PointField": PointField, "CameraInfo": CameraInfo,
-          "CompressedImage": CompressedImage}
+          "CompressedImage": CompressedImage, "RegionOfInterest": RegionOfInterest}
 _PLAIN_TYPES = tuple(_PLAIN.values())
 
 

@@ -81,6 +81,10 @@ class SizeGuard:
         self._usual: Dict[str, Tuple[int, int]] = {}
         self._candidate: Dict[str, Tuple[Tuple[int, int], int]] = {}
 
+    def usual(self, name: str) -> Tuple[int, int]:
+        """The size `name` usually delivers, (0, 0) before its first image."""
+        return self._usual.get(name, (0, 0))
+
     def check(self, name: str, image: np.ndarray) -> Optional[str]:
         size = size_of(image)
         usual = self._usual.setdefault(name, size)
