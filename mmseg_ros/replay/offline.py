@@ -87,8 +87,9 @@ class OfflineReplay:
             self._process_all(self.pipeline.poll(self._last_ns + self.pipeline.sync.config.max_wait_ns + 1))
 
     def _fail_on_wiring(self, modality: str, reason: str, now_ns: int) -> None:
+        # (never used, not merely never accepted: a cloud is accepted, then refused when it cannot be projected)
         counters = self.pipeline.inputs[modality]
-        if counters.accepted == 0 and counters.rejected >= REJECTS_BEFORE_FAILING:
+        if self.pipeline.used_counts[modality] == 0 and counters.rejected >= REJECTS_BEFORE_FAILING:
             raise DataError(f"input {modality}: its first {counters.rejected} messages were all rejected; "
                             f"last reason: {reason}")
 

@@ -7,7 +7,8 @@ metadata).
                      --remap lidar/points:=/sensing/lidar/top/pointcloud --remap rgb/camera_info:=/sensing/.../info
 
 A remap names the node's relative topic (the base topic of an image input, whatever its transport; `lidar/points`;
-`rgb/camera_info`) and the bag's absolute topic. Mapping `lidar/points` makes the LiDAR a PointCloud2 input.
+`rgb/camera_info`) and the bag's absolute topic. Mapping `lidar/points`, or a bag with /lidar/points but no
+/lidar/image, makes the LiDAR a PointCloud2 input.
 """
 from __future__ import annotations
 
@@ -66,15 +67,23 @@ def resolve(bag: InputBag, config: NodeConfig, remaps: Dict[str, str], labels_to
     unknown = sorted(set(remaps) - allowed)
     if unknown:
         raise ConfigError(f"--remap {', '.join(unknown)}: not an input of this replay; inputs: {sorted(allowed)}")
-    if points_name in remaps and config.lidar_source != POINTS:
+    lidar_image = "/" + names[LIDAR] if LIDAR in names else None
+    recorded_as_points = (lidar_image and names[LIDAR] not in remaps and lidar_image not in bag.topics
+                          and bag.topics.get("/" + points_name) == POINTS_TYPE)
+    if (points_name in remaps or recorded_as_points) and config.lidar_source != POINTS:
+        # A LiDAR mapped as points, or a bag that recorded only the cloud (as vehicles do): project the points
         config = dataclasses.replace(config, lidar_source=POINTS)
     defaults = {m: "/" + t for m, t in node_config.input_topics(config.modalities, config.lidar_source,
                                                               config.transports).items()}
+    have = bag.topics
     topics = {}
     for modality, base in names.items():
         name = points_name if modality == LIDAR and config.lidar_source == POINTS else base
         topics[modality] = remaps.get(name, defaults[modality])
-    have = bag.topics
+        if name not in remaps and topics[modality] not in have and name == base:
+            # image_transport's naming: a bag without the raw topic may hold base/compressed or base/compressedDepth
+            found = [f"/{base}/{t}" for t in msgs.TRANSPORTS[1:] if have.get(f"/{base}/{t}") == COMPRESSED_TYPE]
+            topics[modality] = found[0] if len(found) == 1 else topics[modality]
     missing = [t for t in topics.values() if t not in have]
     if missing:
         listing = ", ".join(f"{t} ({m})" for t, m in sorted(have.items())) or "nothing"
