@@ -4,7 +4,6 @@ same drive recorded raw) and live over DDS into segment_node subscribed to the c
 drop-outs. Real rosbag2 files, a real tiny MLE-SAM, a real node process."""
 import json
 
-import numpy as np
 import pytest
 
 CARD = "test_tiny_mle_sam"
@@ -129,8 +128,7 @@ def test_live_node_on_compressed_transports_keeps_publishing_through_drop_outs(d
     frames = live["frames"]
     sent = FRAMES - live["inputs"]["rgb"]["dropped"]
     assert frames["anchor_messages"] == sent and frames["answered"] >= sent - 1, frames
-    outputs = np.array(sorted(live["windows"][w]["frames"] for w in live["windows"]))
-    assert outputs.min() >= 1, live["windows"]  # outputs inside each drop-out window
+    assert len(live["windows"]) == 2 and all(w["frames"] >= 2 for w in live["windows"]), live["windows"]
     assert abs(live["overall"]["miou"] - replay(root / "vehicle", tmp_path / "offline", checkpoint, *remaps,
                                                "--param", "modalities=[rgb,depth,event]", "--no-output-bag")[1]
                ["overall"]["miou"]) < 3.0
