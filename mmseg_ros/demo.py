@@ -35,6 +35,9 @@ def configure(parser) -> None:
     parser.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
     parser.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
     parser.add_argument("--no-gif", action="store_true", help="skip the animated GIF")
+    parser.add_argument("--compressed", action="store_true",
+                        help="record the drive as vehicles do (JPEG camera, compressedDepth, PointCloud2 LiDAR with "
+                             "its extrinsic in /tf_static) and replay that")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -131,7 +134,7 @@ def _write_drive(bag: Path, frames: int, args, outages) -> List[int]:
             camera_log.append(frame["meta"]["stamps"]["rgb"] + int(LATENCY_S["rgb"] * 1e9))
             yield frame
 
-    write_drive_bag(bag, rendered(), storage=args.storage, drops=outages)
+    write_drive_bag(bag, rendered(), storage=args.storage, drops=outages, compressed=args.compressed)
     return camera_log
 
 

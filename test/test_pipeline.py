@@ -35,7 +35,8 @@ def test_defaults_validate_and_follow_the_card():
     assert cfg.card.name == TINY
     assert cfg.modalities == cfg.card.modalities
     assert cfg.anchor == cfg.modalities[0] and cfg.fallback == cfg.modalities[1:]
-    assert cfg.checkpoint is None and cfg.lidar_extrinsic[3] == (0.0, 0.0, 0.0, 1.0)
+    assert cfg.checkpoint is None and cfg.lidar_extrinsic is None  # unset: from TF
+    assert set(cfg.transports.values()) == {"raw"} and cfg.camera_model == "auto"
 
 
 def test_subset_anchor_fallback_and_input_size():
@@ -60,6 +61,10 @@ def test_subset_anchor_fallback_and_input_size():
     ({"inputs.lidar_extrinsic": [1.0] * 12}, "16 finite"),
     ({"inputs.lidar_extrinsic": [1.0] * 16}, "last row"),
     ({"inputs.qos": "fast"}, "inputs.qos"),
+    ({"inputs.transport.rgb": "theora"}, "inputs.transport.rgb"),
+    ({"inputs.transport.rgb": "compressedDepth"}, "compressedDepth carries"),
+    ({"inputs.transport.lidar": "compressed", "inputs.lidar_source": "points"}, "PointCloud2"),
+    ({"inputs.camera_model": "fisheye"}, "inputs.camera_model"),
     ({"outputs.color": "yes"}, "true or false"),
     ({"model.card": "no_such_card"}, "not found"),
     ({"sync.slopp": 0.1}, "unknown parameter"),

@@ -3,6 +3,7 @@ contact-sheet previews.
 
     mmseg synth --out DIR --frames 200 --size 256                  # DELIVER tree, all conditions and failures
     mmseg synth --bag drive.mcap --frames 100 --conditions night   # one continuous 10 Hz drive as a rosbag2
+    mmseg synth --bag drive --compressed                           # JPEG / compressedDepth / PointCloud2 + TF
     mmseg synth --preview sheet.png                                # sheet.png + sheet_<condition>.png
 """
 from __future__ import annotations
@@ -42,6 +43,12 @@ def configure(parser) -> None:
     parser.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap", help="rosbag2 storage plugin")
     parser.add_argument("--failure", default="none", help="sensor failure of the bag's drive (or 'none')")
     parser.add_argument("--no-points", action="store_true", help="leave /lidar/points out of the bag")
+    parser.add_argument("--compressed", action="store_true",
+                        help="record as vehicles do: camera JPEG (compressed), depth compressedDepth, events PNG, "
+                             "LiDAR only as PointCloud2, its extrinsic only in /tf_static")
+    parser.add_argument("--topic", action="append", default=[], metavar="KEY:=TOPIC",
+                        help="rename a bag topic by key (rgb, depth, event, lidar, points, camera_info, labels, "
+                             "tf_static), e.g. rgb:=/sensing/camera/front/image_raw/compressed (repeatable)")
     parser.add_argument("--preview", type=Path, help="write contact sheets: PATH and PATH_<condition>.png")
     parser.add_argument("--preview-size", type=int, default=160, help="tile size of the combined preview sheet")
 
@@ -79,8 +86,15 @@ def main(args) -> int:
         gen = SceneGenerator(args.seed, args.size, conditions[0], bag_failure)
         frames = (gen.render_frame(i, all_events=True) for i in range(args.frames))
         start = time.perf_counter()
+        topics = {}
+        for text in args.topic:
+            key, sep, name = text.partition(":=")
+            if not sep or not key.strip() or not name.strip():
+                raise ConfigError(f"--topic expects KEY:=TOPIC, got {text!r}")
+            topics[key.strip()] = name.strip()
         counts = write_drive_bag(args.bag, tqdm(frames, total=args.frames, unit="frame", desc="bag"),
-                                 storage=args.storage, points=not args.no_points)
+                                 storage=args.storage, points=not args.no_points, compressed=args.compressed,
+                                 topics=topics)
         print(f"wrote {sum(counts.values())} messages to {args.bag} ({time.perf_counter() - start:.1f} s): "
               + ", ".join(f"{t} {n}" for t, n in counts.items()))
 

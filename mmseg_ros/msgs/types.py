@@ -68,6 +68,15 @@ class PointCloud2:
 
 
 @dataclass
+class RegionOfInterest:
+    x_offset: int = 0
+    y_offset: int = 0
+    height: int = 0
+    width: int = 0
+    do_rectify: bool = False
+
+
+@dataclass
 class CameraInfo:
     header: Header = field(default_factory=Header)
     height: int = 0
@@ -79,9 +88,18 @@ class CameraInfo:
     p: List[float] = field(default_factory=lambda: [0.0] * 12)
     binning_x: int = 0
     binning_y: int = 0
+    roi: RegionOfInterest = field(default_factory=RegionOfInterest)
 
 
-_PLAIN = {"Image": Image, "PointCloud2": PointCloud2, "PointField": PointField, "CameraInfo": CameraInfo}
+@dataclass
+class CompressedImage:
+    header: Header = field(default_factory=Header)
+    format: str = ""
+    data: bytes = b""
+
+
+_PLAIN = {"Image": Image, "PointCloud2": PointCloud2, "PointField": PointField, "CameraInfo": CameraInfo,
+          "CompressedImage": CompressedImage, "RegionOfInterest": RegionOfInterest}
 _PLAIN_TYPES = tuple(_PLAIN.values())
 
 

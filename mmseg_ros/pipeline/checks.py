@@ -15,23 +15,36 @@ from ..errors import MessageError
 # -- input checks -------------------------------------------------------------------------------------------------
 
 
-def decode_input(modality: str, msg) -> np.ndarray:
-    """An Image for `modality` -> array for the engine (zero-copy view where the layout allows).
+def decode_input(modality: str, msg, max_pixels: Optional[int] = None) -> np.ndarray:
+    """An Image or CompressedImage for `modality` -> array for the engine (zero-copy view of a raw Image where the
+    layout allows; a compressed one is decoded, its declared size capped at `max_pixels` before decoding).
 
     Rejects (MessageError) encodings the registry does not list for the modality (a mono16 image on the camera topic
-    is decodable but means a wiring mistake), malformed images (truncated data, zero size, bad step) and metric
-    images without a single valid return. Non-finite or non-positive metric pixels (NaN depth) are "no return" and
-    are fine: the engine treats them as absent pixels."""
+    is decodable but means a wiring mistake; for a CompressedImage, the encoding its format names), malformed images
+    (truncated data, zero size, bad step, a broken JPEG/PNG) and metric images without a single valid return.
+    Non-finite or non-positive metric pixels (NaN depth) are "no return" and are fine: the engine treats them as
+    absent pixels."""
     spec = modalities.get(modality)
-    encoding = getattr(msg, "encoding", None)
-    if encoding not in spec.encodings:
-        raise MessageError(f"{spec.name}: Image.encoding {encoding!r} is not accepted on {spec.topic}; "
-                           f"accepted: {', '.join(spec.encodings)}")
-    image = msgs.image_for_model(msg)
+    if msgs.is_compressed(msg):
+        encoding = msgs.parse_format(msg.format).encoding
+        if encoding is not None:  # (a legacy bare "jpeg"/"png" is named after decoding)
+            _accepted(spec, encoding, "CompressedImage encoding")
+        encoding, image = msgs.compressed_to_numpy(msg, max_pixels=max_pixels)
+        _accepted(spec, encoding, "CompressedImage encoding")
+    else:
+        encoding = getattr(msg, "encoding", None)
+        _accepted(spec, encoding, "Image.encoding")
+        image = msgs.image_for_model(msg)
     if spec.value_range is not None and image.dtype.kind == "f" and not valid_returns(image):
         raise MessageError(f"{spec.name}: {image.shape[1]}x{image.shape[0]} {encoding} image holds no valid "
                            "return (every pixel NaN, inf or <= 0)")
     return image
+
+
+def _accepted(spec, encoding, kind: str) -> None:
+    if encoding not in spec.encodings:
+        raise MessageError(f"{spec.name}: {kind} {encoding!r} is not accepted on {spec.topic}; "
+                           f"accepted: {', '.join(spec.encodings)}")
 
 
 # A LiDAR image is the camera z-depth of each return (what the synthetic rig, `mmseg sensors` and the shipped models
@@ -67,6 +80,10 @@ class SizeGuard:
         self.confirm = confirm
         self._usual: Dict[str, Tuple[int, int]] = {}
         self._candidate: Dict[str, Tuple[Tuple[int, int], int]] = {}
+
+    def usual(self, name: str) -> Tuple[int, int]:
+        """The size `name` usually delivers, (0, 0) before its first image."""
+        return self._usual.get(name, (0, 0))
 
     def check(self, name: str, image: np.ndarray) -> Optional[str]:
         size = size_of(image)

@@ -37,6 +37,15 @@ DEVICES = ("auto", "cpu", "cuda")  # 'cuda:N' picks a GPU
 
 INPUT_QOS = ("sensor_data", "reliable")
 LIDAR_SOURCES = ("image", "points")
+# image_transport's transports: the node subscribes to the base topic (raw Image) or base + "/<transport>"
+# (CompressedImage). compressedDepth carries single-channel 16-bit or 32FC1 images only.
+RAW = "raw"
+TRANSPORTS = (RAW, "compressed", "compressedDepth")
+DEPTH_TRANSPORT = "compressedDepth"
+TRANSPORT_PREFIX = "inputs.transport."
+# Which CameraInfo model projects LiDAR points: raw = K + D (the image as the camera delivers it), rectified = P
+# (an image_rect); auto = raw when D has a non-zero coefficient, else rectified.
+CAMERA_MODELS = ("auto", "raw", "rectified")
 
 
 @dataclass(frozen=True)
@@ -78,8 +87,16 @@ PARAMETERS: Tuple[Param, ...] = (
     Param("inputs.lidar_source", STRING, "image",
           "image = projected range image on lidar/image; points = PointCloud2 on lidar/points, projected into the "
           "camera of rgb/camera_info with inputs.lidar_extrinsic", choices=LIDAR_SOURCES),
-    Param("inputs.lidar_extrinsic", DOUBLE_ARRAY, list(IDENTITY_4X4),
-          "LiDAR -> camera optical frame, 4x4 row-major rigid transform (16 numbers, last row 0 0 0 1)"),
+    Param("inputs.lidar_extrinsic", DOUBLE_ARRAY, None,
+          "LiDAR -> camera optical frame, 4x4 row-major rigid transform (16 numbers, last row 0 0 0 1); empty = "
+          "from TF (the cloud's frame -> the CameraInfo's frame at the cloud's stamp)"),
+    Param("inputs.camera_model", STRING, "auto",
+          "camera model for projecting LiDAR points: raw = K + D (distorted image), rectified = P (image_rect); "
+          "auto = raw when CameraInfo.d is non-zero, else rectified", choices=CAMERA_MODELS),
+    *(Param(f"{TRANSPORT_PREFIX}{m.name}", STRING, RAW,
+            f"how {m.topic} arrives: raw (sensor_msgs/Image on {m.topic}) | compressed (CompressedImage on "
+            f"{m.topic}/compressed) | compressedDepth (on {m.topic}/compressedDepth; 16-bit / 32FC1 images)",
+            choices=TRANSPORTS) for m in modalities.REGISTRY.values()),
     Param("inputs.allow_size_mismatch", BOOL, False,
           "accept inputs whose resolution differs from the anchor image's (resampled to the model input); by "
           "default they are rejected as bad input, since every input is expected registered to the camera"),
@@ -151,7 +168,9 @@ class NodeConfig:
     qos: str
     queue_depth: int
     lidar_source: str
-    lidar_extrinsic: Tuple[Tuple[float, ...], ...]
+    lidar_extrinsic: Optional[Tuple[Tuple[float, ...], ...]]  # None: from TF
+    camera_model: str
+    transports: Dict[str, str]  # subscribed modality -> raw | compressed | compressedDepth
     allow_size_mismatch: bool
     anchor: str
     fallback: Tuple[str, ...]
@@ -204,7 +223,9 @@ class NodeConfig:
             qos=v["inputs.qos"],
             queue_depth=v["inputs.queue_depth"],
             lidar_source=v["inputs.lidar_source"],
-            lidar_extrinsic=_extrinsic(v["inputs.lidar_extrinsic"]),
+            lidar_extrinsic=_extrinsic(v["inputs.lidar_extrinsic"]) if v["inputs.lidar_extrinsic"] else None,
+            camera_model=v["inputs.camera_model"],
+            transports=_transports(v, mods),
             allow_size_mismatch=v["inputs.allow_size_mismatch"],
             anchor=anchor,
             fallback=fallback,
@@ -223,11 +244,16 @@ class NodeConfig:
         )
 
 
-def input_topics(names: Sequence[str], lidar_source: str = "image") -> Dict[str, str]:
-    """Modality -> the relative topic the node subscribes to (the registry's; PointCloud2 beside the LiDAR image)."""
+def input_topics(names: Sequence[str], lidar_source: str = "image",
+                 transports: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
+    """Modality -> the relative topic the node subscribes to: the registry's (the base topic), + "/<transport>"
+    for a compressed transport (image_transport's naming); a PointCloud2 beside the LiDAR image."""
     topics = {name: modalities.get(name).topic for name in names}
+    for name, transport in (transports or {}).items():
+        if name in topics and transport != RAW:
+            topics[name] = posixpath.join(topics[name], transport)
     if lidar_source == "points" and LIDAR in topics:
-        topics[LIDAR] = posixpath.join(posixpath.dirname(topics[LIDAR]), POINTS)
+        topics[LIDAR] = posixpath.join(posixpath.dirname(modalities.get(LIDAR).topic), POINTS)
     return topics
 
 
@@ -312,6 +338,21 @@ def _member(parameter_name: str, name: str, allowed: Tuple[str, ...]) -> str:
         raise ConfigError(f"parameter {parameter_name}={name!r} is not one of the subscribed modalities "
                           f"{list(allowed)}")
     return canonical
+
+
+def _transports(values: Mapping[str, Any], mods: Sequence[str]) -> Dict[str, str]:
+    out = {}
+    for name in mods:
+        transport = values[TRANSPORT_PREFIX + name]
+        spec = modalities.get(name)
+        if transport == DEPTH_TRANSPORT and not {"16UC1", "mono16", "32FC1"} & set(spec.encodings):
+            raise ConfigError(f"parameter {TRANSPORT_PREFIX}{name}={transport!r}: compressedDepth carries 16-bit or "
+                              f"32FC1 images, and {spec.topic} takes {list(spec.encodings)}")
+        if name == LIDAR and transport != RAW and values["inputs.lidar_source"] == POINTS:
+            raise ConfigError(f"parameter {TRANSPORT_PREFIX}{name}={transport!r}: with inputs.lidar_source=points "
+                              "the LiDAR is a PointCloud2, which has no image transport (use raw)")
+        out[name] = transport
+    return out
 
 
 def _extrinsic(values: Tuple[float, ...]) -> Tuple[Tuple[float, ...], ...]:

@@ -19,6 +19,7 @@ any; the synchronizer and the statistics lock themselves, and each counter has a
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
@@ -33,6 +34,9 @@ from .config import CAMERA, LIDAR, POINTS, NodeConfig
 from .stats import InputHealth, LatencyWindow, LostMessages, RateMeter
 
 BadInputHandler = Callable[[str, str, int], None]  # (input name, reason, now ns)
+# A compressed image may declare up to this many times the pixels its input usually delivers (a resolution change is
+# then still decoded and judged by the size checks); beyond that it is refused before decoding (a bomb).
+MAX_GROWTH = 4
 
 
 @dataclass(frozen=True)
@@ -79,11 +83,13 @@ class InputCounters:
 class Pipeline:
     def __init__(self, config: NodeConfig, segmenter, *, color: Optional[bool] = None,
                  output_size: Optional[Tuple[int, int]] = None, on_bad_input: Optional[BadInputHandler] = None,
-                 camera_info_source: str = "camera_info", keep_all_samples: bool = False,
-                 started_ns: Optional[int] = None):
+                 camera_info_source: str = "camera_info", keep_all_samples: bool = False, transforms=None,
+                 on_warning: Optional[Callable[[str], None]] = None, started_ns: Optional[int] = None):
         """`color` (default: config.publish_color) builds the overlay; `output_size` (default: the anchor image's)
         sizes the outputs; `on_bad_input` hears every rejection (the node logs it, the replay may give up);
         `keep_all_samples` keeps every timing sample instead of the last 200 (a replay reports them all);
+        `transforms` (anything with `lookup(target, source, stamp_ns) -> 4x4`, e.g. a TransformTree) gives the
+        LiDAR extrinsic when inputs.lidar_extrinsic is not set; `on_warning` hears one-time configuration warnings;
         `started_ns` (activation) is when the wait for the first output begins."""
         self.config = config
         self.segmenter = segmenter
@@ -100,6 +106,9 @@ class Pipeline:
         self._sizes = checks.SizeGuard()
         self._points = config.lidar_source == POINTS
         self._camera: Optional[msgs.Camera] = None
+        self.transforms = transforms
+        self.on_warning = on_warning or logging.getLogger("mmseg_ros").warning
+        self._warned: set = set()
         window = None if keep_all_samples else 200
         self.decode_ms, self.wait_ms, self.model_ms, self.latency_ms = (LatencyWindow(window) for _ in range(4))
         self.rate_in, self.rate_out = RateMeter(), RateMeter()
@@ -137,7 +146,7 @@ class Pipeline:
             if name == LIDAR and self._points:
                 item = InputMessage(msg.header, points=msgs.pointcloud_to_numpy(msg))
             else:
-                image = checks.decode_input(name, msg)
+                image = checks.decode_input(name, msg, self._max_pixels(name))
                 wrong_size = self._sizes.check(name, image)
                 if wrong_size:
                     raise MessageError(wrong_size)
@@ -149,6 +158,14 @@ class Pipeline:
             return None
         self.decode_ms.add(1e3 * (time.perf_counter() - begin))
         return item
+
+    def _max_pixels(self, name: str) -> Optional[int]:
+        """The most pixels a compressed image of `name` may declare: a few times its usual size or the camera's."""
+        height, width = self._sizes.usual(name)
+        known = height * width
+        if self._camera is not None:
+            known = max(known, self._camera.height * self._camera.width)
+        return MAX_GROWTH * known if known else None
 
     def offer(self, name: str, item: InputMessage, now_ns: int) -> List[SyncSet]:
         """A decoded message to the synchronizer (stamp order checked: a backwards stamp is reported, still given)."""
@@ -169,7 +186,7 @@ class Pipeline:
     def add_camera_info(self, msg, now_ns: int) -> None:
         """A CameraInfo of the camera LiDAR points are projected into (the newest one is used)."""
         try:
-            self._camera = msgs.camera_from_info(msg)
+            self._camera = msgs.camera_from_info(msg, self.config.camera_model)
         except MessageError as exc:
             self._bad_input(LIDAR, f"CameraInfo on {self.camera_info_source}: {exc}", now_ns)
             return
@@ -217,7 +234,7 @@ class Pipeline:
         for name in (sset.anchor, *(n for n in sset.messages if n != sset.anchor)):
             item: InputMessage = sset.messages[name].payload
             try:
-                image = item.image if item.image is not None else self._project(item.points)
+                image = item.image if item.image is not None else self._project(item)
                 if anchor_size is None:
                     anchor_size = checks.size_of(image)
                 elif not cfg.allow_size_mismatch:
@@ -274,8 +291,34 @@ class Pipeline:
             return header
         return msgs.Header(stamp=header.stamp, frame_id=frame)
 
-    def _project(self, points: np.ndarray) -> np.ndarray:
-        return checks.lidar_image(points, self._camera, self.config.lidar_extrinsic, self.camera_info_source)
+    def _project(self, item: InputMessage) -> np.ndarray:
+        extrinsic = self._extrinsic(item.header) if self._camera is not None else None
+        return checks.lidar_image(item.points, self._camera, extrinsic, self.camera_info_source)
+
+    def _extrinsic(self, header) -> np.ndarray:
+        """Camera optical frame <- cloud frame: the parameter when set, else the transform tree at the cloud's
+        stamp. Never a silent identity: no tree, an unknown frame or a missing transform is bad LiDAR input."""
+        cloud, camera = str(header.frame_id).lstrip("/"), self._camera_frame.lstrip("/")
+        fixed = self.config.lidar_extrinsic
+        if fixed is not None:
+            differ = cloud and camera and cloud != camera
+            if differ and np.array_equal(fixed, np.eye(4)) and "identity" not in self._warned:
+                self._warned.add("identity")
+                self.on_warning(f"inputs.lidar_extrinsic is the identity, but the clouds are in frame {cloud!r} and "
+                                f"the camera in {camera!r}: really no rotation between them? (leave it empty for TF)")
+            return np.asarray(fixed)
+        if cloud == camera and cloud:
+            return np.eye(4)  # the cloud is already in the camera's frame: exact, not a guess
+        if not cloud or not camera:
+            raise MessageError(f"lidar: inputs.lidar_extrinsic is not set and the {'cloud' if not cloud else 'camera'}"
+                               " has no frame_id to look a transform up with")
+        if self.transforms is None:
+            raise MessageError(f"lidar: inputs.lidar_extrinsic is not set and no TF is available to look up {camera} "
+                               f"<- {cloud}; set the parameter (4x4) or provide TF")
+        try:
+            return self.transforms.lookup(camera, cloud, stamp_to_ns(header.stamp))
+        except MMSegError as exc:
+            raise MessageError(f"lidar: no transform {camera} <- {cloud}: {exc}") from None
 
     # -- diagnostics ------------------------------------------------------------------------------------------------
 

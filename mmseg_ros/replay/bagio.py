@@ -25,6 +25,8 @@ STORAGES = ("mcap", "sqlite3")
 IMAGE_TYPE = "sensor_msgs/msg/Image"
 POINTS_TYPE = "sensor_msgs/msg/PointCloud2"
 CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
+COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
+TF_TYPE = "tf2_msgs/msg/TFMessage"
 METADATA = "metadata.yaml"
 
 

@@ -1,6 +1,7 @@
 """`mmseg replay BAG`: replay a recorded drive through the node's synchronizer and engine and score it.
 
-    mmseg replay BAG [--card default] [--checkpoint X] [--drop depth@2-4 ...] [--out DIR] [--storage mcap|sqlite3]
+    mmseg replay BAG [--remap rgb/image:=/camera/image_raw/compressed ...]
+                     [--card default] [--checkpoint X] [--drop depth@2-4 ...] [--out DIR] [--storage mcap|sqlite3]
                      [--score-size input|model] [--param sync.slop=0.05 ...] [--labels-topic /gt/labels]
 
 Offline (default): messages in bag-time order, deterministic, as fast as the model runs. --live [--rate F]
@@ -37,6 +38,10 @@ def configure(parser) -> None:
     parser.add_argument("--score-size", choices=SCORE_SIZES, default="input",
                         help="score at the camera's resolution (input, default) or at the model's input size "
                              "(model: as `mmseg eval` scores; outputs are then that size too)")
+    parser.add_argument("--remap", action="append", default=[], metavar="NAME:=TOPIC",
+                        help="read the node's input NAME from the bag's TOPIC, e.g. rgb/image:=/sensing/camera/front/"
+                             "image_raw/compressed, lidar/points:=/sensing/lidar/top/pointcloud, rgb/camera_info:=... "
+                             "(repeatable; the message type comes from the bag: Image, CompressedImage, PointCloud2)")
     parser.add_argument("--labels-topic", help="ground-truth label topic (default /gt/labels when the bag has it)")
     parser.add_argument("--pictures", action="store_true",
                         help="also draw sheet.png (camera | ground truth | labels | confidence | sensors used) and "
@@ -68,20 +73,23 @@ def main(args) -> int:
     from .bagio import InputBag
     from .run import OUTPUT_BAG, REPORT_JSON, REPORT_MD, closed_drops, replay_offline
 
+    from .topics import parse_remaps
+
     config = node_config(args)
+    remaps = parse_remaps(args.remap)
     with InputBag(args.bag) as bag:
         drops = closed_drops((parse_drop(text, config.modalities) for text in args.drop), bag)
     out = Path(args.out) if args.out else Path("out", "replay", Path(args.bag).resolve().name)
     if args.live:
         if config.lidar_source != "image":
-            raise ConfigError("--live publishes image topics only: inputs.lidar_source=points works offline")
+            raise ConfigError("--live publishes image topics only: a LiDAR PointCloud2 replays offline")
         if args.score_size != "input":
             raise ConfigError("--live scores what the node publishes (camera resolution): --score-size input only")
         from .live import replay_live
 
         report = replay_live(
             args.bag, config, drops=drops, out=out, rate=args.rate, node_running=args.node_running,
-            params=args.param, labels_topic=args.labels_topic, write_bag=not args.no_output_bag,
+            params=args.param, labels_topic=args.labels_topic, write_bag=not args.no_output_bag, remaps=remaps,
             progress=not args.no_progress, log=lambda text: print(text, file=sys.stderr))
     else:
         recorder = None
@@ -92,7 +100,7 @@ def main(args) -> int:
         report = replay_offline(
             args.bag, config, drops=drops, out=out, storage=args.storage, write_bag=not args.no_output_bag,
             score_size=args.score_size, labels_topic=args.labels_topic, progress=not args.no_progress,
-            watch=recorder)
+            watch=recorder, remaps=remaps)
         if recorder is not None:
             labels_topic = report["bag"]["labels_topic"]
             truth = pictures.truth_from_bag(args.bag, labels_topic) if labels_topic else None

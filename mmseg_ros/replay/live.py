@@ -35,12 +35,15 @@ from ..errors import ConfigError, DataError
 from ..evaluation.metrics import NAN_POLICY
 from ..evaluation.tables import save_json
 from ..pipeline import SegmentedSet
+from ..pipeline import config as node_config
 from ..pipeline.config import CAMERA, NODE_NAME, NodeConfig
 from ..sync import stamp_to_ns
 from . import report as report_lib
 from .bagio import InputBag, OutputBag
 from .offline import decode_labels
-from .run import OUTPUT_BAG, OUTPUT_TOPICS, REPORT_JSON, REPORT_MD, _path_or_none, bag_topics, closed_drops
+from . import topics as topics_lib
+from .bagio import COMPRESSED_TYPE
+from .run import OUTPUT_BAG, OUTPUT_TOPICS, REPORT_JSON, REPORT_MD, _path_or_none, closed_drops
 from .scoring import Scorer
 
 START_TIMEOUT_S = 180.0  # node start-up: torch, SAM2, model build and warm-up on a busy 2-core machine
@@ -51,13 +54,21 @@ PUBLISH_DEPTH = 10
 
 def replay_live(bag_path, config: NodeConfig, *, drops: Sequence[Drop] = (), out=None, rate: float = 1.0,
                 node_running: bool = False, params: Sequence[str] = (), labels_topic: Optional[str] = None,
-                write_bag: bool = True, progress: bool = True, log=print) -> Dict:
+                write_bag: bool = True, progress: bool = True, log=print,
+                remaps: Optional[Dict[str, str]] = None) -> Dict:
     if rate <= 0:
         raise ConfigError(f"--rate must be > 0, got {rate}")
     dds.configure_transport()  # before the first participant, here and in the node we start
     with InputBag(bag_path) as bag:
         drops = closed_drops(drops, bag)
-        topics, labels_topic = bag_topics(bag, config, labels_topic)
+        inputs = topics_lib.resolve(bag, config, remaps or {}, labels_topic)
+        config, topics, labels_topic = inputs.config, inputs.topics, inputs.labels
+        if config.lidar_source != "image":
+            raise ConfigError("--live publishes image topics only: a LiDAR PointCloud2 replays offline")
+        # Published on the node's own topic names (base topic, + /<transport> for a CompressedImage), as recorded
+        node_topics = {m: "/" + t for m, t in node_config.input_topics(config.modalities, config.lidar_source,
+                                                                     config.transports).items()}
+        compressed = {m for m, kind in inputs.types.items() if kind == COMPRESSED_TYPE}
         node = None if node_running else _start_node(config, params, out, log)
         output = None
         if write_bag and out is not None:
@@ -65,7 +76,7 @@ def replay_live(bag_path, config: NodeConfig, *, drops: Sequence[Drop] = (), out
             output = OutputBag(Path(out) / OUTPUT_BAG, storage, OUTPUT_TOPICS.values(), custom_data={
                 "mmseg.replay_of": str(bag.path), "mmseg.mode": "live", "mmseg.card": config.card.name})
         try:
-            with _Peer(topics) as peer, (output if output is not None else contextlib.nullcontext()):
+            with _Peer(node_topics, compressed) as peer, (output if output is not None else contextlib.nullcontext()):
                 peer.wait_ready(node, START_TIMEOUT_S)
                 scorer = Scorer(config.card.num_classes, config.modalities, drops,
                                 condition=bag.custom_data.get("mmseg.condition"), slop_ns=int(config.slop * 1e9))
@@ -95,6 +106,9 @@ def _start_node(config: NodeConfig, params: Sequence[str], out, log) -> subproce
     for pair in params:
         name, _, value = pair.partition("=")
         cmd += ["-p", f"{name.strip()}:={value}"]
+    for name, transport in config.transports.items():  # the transports the bag recorded (unless --param set them)
+        if transport != node_config.RAW and not any(p.startswith(node_config.TRANSPORT_PREFIX + name) for p in params):
+            cmd += ["-p", f"{node_config.TRANSPORT_PREFIX}{name}:={transport}"]
     log_dir = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="mmseg-replay-"))
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / "segment_node.log"
@@ -126,10 +140,10 @@ def _tail(path, lines: int = 15) -> str:
 class _Peer:
     """Publishers for the inputs, recorders for the node's outputs, spun in a thread."""
 
-    def __init__(self, topics: Dict[str, str]):
+    def __init__(self, topics: Dict[str, str], compressed=()):
         import rclpy
         from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-        from sensor_msgs.msg import Image
+        from sensor_msgs.msg import CompressedImage, Image
         from std_msgs.msg import String
 
         from ..ros.spin import SpinThread
@@ -138,7 +152,8 @@ class _Peer:
         rclpy.init(context=self.context)
         self.node = rclpy.create_node("mmseg_replay", context=self.context)
         reliable = QoSProfile(depth=PUBLISH_DEPTH, reliability=ReliabilityPolicy.RELIABLE)
-        self.publishers = {m: self.node.create_publisher(Image, t, reliable) for m, t in topics.items()}
+        self.publishers = {m: self.node.create_publisher(CompressedImage if m in compressed else Image, t, reliable)
+                           for m, t in topics.items()}
         self.lock = threading.Lock()
         self.outputs: Dict[str, List] = {kind: [] for kind in OUTPUT_TOPICS}  # (arrival ns, message), not yet taken
         self.last_output = time.monotonic()
@@ -199,13 +214,18 @@ class _Peer:
 
 
 def _to_ros_image(msg):
-    from sensor_msgs.msg import Image
+    """A bag's Image or CompressedImage (rosbags class) -> the sensor_msgs message, as recorded."""
+    from sensor_msgs.msg import CompressedImage, Image
 
-    image = Image()
+    compressed = msgs.is_compressed(msg)
+    image = CompressedImage() if compressed else Image()
     image.header.stamp.sec, image.header.stamp.nanosec = int(msg.header.stamp.sec), int(msg.header.stamp.nanosec)
     image.header.frame_id = str(msg.header.frame_id)
-    image.height, image.width, image.encoding = int(msg.height), int(msg.width), str(msg.encoding)
-    image.is_bigendian, image.step = int(msg.is_bigendian), int(msg.step)
+    if compressed:
+        image.format = str(msg.format)
+    else:
+        image.height, image.width, image.encoding = int(msg.height), int(msg.width), str(msg.encoding)
+        image.is_bigendian, image.step = int(msg.is_bigendian), int(msg.step)
     payload = array.array("B")
     payload.frombytes(np.ascontiguousarray(msg.data).tobytes())  # array('B') skips rclpy's per-element checks
     image.data = payload

@@ -12,14 +12,15 @@ decoding: to the synchronizer the sensor simply went quiet.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Iterable, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 
 from .. import msgs
 from ..drops import Drop
-from ..errors import ConfigError, DataError, MessageError
+from ..errors import ConfigError, DataError, MessageError, MMSegError
 from ..pipeline import NodeConfig, Pipeline, SegmentedSet
+from ..pipeline.config import LIDAR
 from ..sync import NS_PER_S, SyncSet
 
 # An input whose first messages are all rejected is a wiring problem (wrong topic, unsupported encoding), not a
@@ -33,7 +34,7 @@ class OfflineReplay:
 
     def __init__(self, segmenter, config: NodeConfig, start_ns: int, drops: Iterable[Drop] = (),
                  output_size: Optional[Tuple[int, int]] = None, color: bool = True,
-                 on_frame: Optional[Callable[[SegmentedSet], None]] = None):
+                 on_frame: Optional[Callable[[SegmentedSet], None]] = None, transforms=None):
         self.config = config
         self.start_ns = int(start_ns)
         self.drops = tuple(drops)
@@ -41,9 +42,11 @@ class OfflineReplay:
         if unknown:
             raise ConfigError(f"--drop {', '.join(unknown)}: not an input of this replay {list(config.modalities)}")
         self.on_frame = on_frame or (lambda frame: None)
+        self.warnings: List[str] = []  # one-time configuration warnings (go into the report)
+        self.transforms = transforms
         self.pipeline = Pipeline(config, segmenter, color=color, output_size=output_size,
                                  on_bad_input=self._fail_on_wiring, camera_info_source="the bag's camera_info",
-                                 keep_all_samples=True)
+                                 keep_all_samples=True, transforms=transforms, on_warning=self.warnings.append)
         self.messages: Dict[str, int] = {m: 0 for m in config.modalities}  # read per input
         self.dropped: Dict[str, int] = {m: 0 for m in config.modalities}  # removed by --drop
         self._last_ns: Optional[int] = None
@@ -71,14 +74,22 @@ class OfflineReplay:
         """A CameraInfo of the camera the LiDAR points are projected into (the newest one is used)."""
         self.pipeline.add_camera_info(msg, log_ns)
 
+    def transform(self, log_ns: int, msg) -> None:
+        """A /tf message (dynamic transforms) into the tree the LiDAR extrinsic is looked up in."""
+        try:
+            self.transforms.add_message(msg, static=False)
+        except MMSegError as exc:  # one broken TFMessage costs its transforms, as a bad input costs its message
+            self.pipeline.reject(LIDAR, f"/tf at {self.seconds(log_ns):.3f} s: {exc}", log_ns)
+
     def finish(self) -> None:
         """The bag ended: let the sets still waiting run out their max_wait, as a running node would."""
         if self._last_ns is not None:
             self._process_all(self.pipeline.poll(self._last_ns + self.pipeline.sync.config.max_wait_ns + 1))
 
     def _fail_on_wiring(self, modality: str, reason: str, now_ns: int) -> None:
+        # (never used, not merely never accepted: a cloud is accepted, then refused when it cannot be projected)
         counters = self.pipeline.inputs[modality]
-        if counters.accepted == 0 and counters.rejected >= REJECTS_BEFORE_FAILING:
+        if self.pipeline.used_counts[modality] == 0 and counters.rejected >= REJECTS_BEFORE_FAILING:
             raise DataError(f"input {modality}: its first {counters.rejected} messages were all rejected; "
                             f"last reason: {reason}")
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import time
 import warnings
@@ -12,9 +11,7 @@ from typing import Callable, Dict, Iterable, Optional, Tuple
 
 import numpy as np
 
-from ..pipeline import config as node_config
 from ..atomic import atomic_open
-from ..data.synthetic.bag import LABELS_TOPIC
 from ..drops import Drop
 from ..errors import DataError
 from ..evaluation.metrics import NAN_POLICY
@@ -23,7 +20,8 @@ from ..pipeline import SegmentedSet, outputs
 from ..pipeline.config import NODE_NAME, NodeConfig
 from ..sync import stamp_to_ns
 from . import report as report_lib
-from .bagio import CAMERA_INFO_TYPE, IMAGE_TYPE, POINTS_TYPE, InputBag, OutputBag
+from . import topics as topics_lib
+from .bagio import InputBag, OutputBag
 from .offline import OfflineReplay, decode_labels
 from .scoring import Scorer
 
@@ -32,58 +30,19 @@ REPORT_JSON, REPORT_MD = "report.json", "report.md"
 OUTPUT_TOPICS = {kind: f"/{NODE_NAME}/{kind}" for kind in ("labels", "confidence", "color")}
 
 
-def input_topics(config: NodeConfig) -> Dict[str, str]:
-    """modality -> absolute topic in the bag: what segment_node subscribes to (the registry's topics; the LiDAR's
-    PointCloud2 beside its image topic with inputs.lidar_source=points)."""
-    return {m: "/" + t for m, t in node_config.input_topics(config.modalities, config.lidar_source).items()}
-
-
-def camera_info_topic(config: NodeConfig) -> Optional[str]:
-    """The CameraInfo topic that projects LiDAR points, when the LiDAR comes as points."""
-    uses_points = config.lidar_source == node_config.POINTS and node_config.LIDAR in config.modalities
-    return "/" + node_config.camera_info_topic() if uses_points else None
-
-
-def bag_topics(bag: InputBag, config: NodeConfig, labels_topic: Optional[str]):
-    """(modality -> input topic, ground-truth topic or None), checked against what the bag holds."""
-    topics = input_topics(config)
-    expected = {t: (POINTS_TYPE if t.endswith("/" + node_config.POINTS) else IMAGE_TYPE) for t in topics.values()}
-    info = camera_info_topic(config)
-    if info:
-        expected[info] = CAMERA_INFO_TYPE
-    bag.require(expected, "an input of the model")
-    if labels_topic:
-        bag.require({labels_topic: IMAGE_TYPE}, "the ground-truth labels topic given")
-    elif LABELS_TOPIC in bag.topics:
-        labels_topic = LABELS_TOPIC
-    return topics, labels_topic
-
-
-def with_bag_extrinsic(config: NodeConfig, bag: InputBag) -> NodeConfig:
-    """A generator bag records its LiDAR -> camera transform (mmseg.camera_from_lidar); it is used for points when
-    inputs.lidar_extrinsic was left at its identity default."""
-    recorded = bag.custom_data.get("mmseg.camera_from_lidar")
-    if camera_info_topic(config) is None or recorded is None or config.lidar_extrinsic != _IDENTITY:
-        return config
-    matrix = tuple(tuple(float(v) for v in row) for row in json.loads(recorded))
-    return dataclasses.replace(config, lidar_extrinsic=matrix)
-
-
-_IDENTITY = tuple(tuple(node_config.IDENTITY_4X4[4 * r:4 * r + 4]) for r in range(4))
-
-
 def replay_offline(bag_path, config: NodeConfig, *, drops: Iterable[Drop] = (), out=None, storage: Optional[str] = None,
                    write_bag: bool = True, score_size: str = "input", labels_topic: Optional[str] = None,
-                   progress: bool = True, segmenter=None,
+                   progress: bool = True, segmenter=None, remaps: Optional[Dict[str, str]] = None,
                    watch: Optional[Callable[[SegmentedSet, float], None]] = None) -> Dict:
     """Replay `bag_path` offline; returns the report document (also written to `out` when given). `watch` sees
     every processed set (inputs and outputs) and its time in the bag before its arrays are released, e.g. to draw
-    pictures."""
+    pictures. `remaps` maps the node's topic names to the bag's (`--remap`)."""
     with InputBag(bag_path) as bag:
         drops = closed_drops(drops, bag)
-        topics, labels_topic = bag_topics(bag, config, labels_topic)
-        config = with_bag_extrinsic(config, bag)
-        info_topic = camera_info_topic(config)
+        inputs = topics_lib.resolve(bag, config, remaps or {}, labels_topic)
+        config, tree, extrinsic_from = topics_lib.extrinsic_source(bag, inputs)
+        topics, labels_topic, info_topic = inputs.topics, inputs.labels, inputs.camera_info
+        tf_dynamic = "/tf" if tree is not None and "/tf" in inputs.tf else None
         if segmenter is None:
             segmenter = _segmenter(config)
         output_size = tuple(config.card.input_size) if score_size == "model" else None
@@ -114,9 +73,10 @@ def replay_offline(bag_path, config: NodeConfig, *, drops: Iterable[Drop] = (), 
             frame.labels = frame.confidence = frame.color = frame.images = None  # scored and written: let them go
 
         replay = OfflineReplay(segmenter, config, bag.start_ns, drops, output_size=output_size,
-                               color=output is not None and config.publish_color, on_frame=on_frame)
+                               color=output is not None and config.publish_color, on_frame=on_frame,
+                               transforms=tree)
         modality_of = {t: m for m, t in topics.items()}
-        read = list(topics.values()) + [t for t in (labels_topic, info_topic) if t]
+        read = list(topics.values()) + [t for t in (labels_topic, info_topic, tf_dynamic) if t]
         total = sum(bag.message_count(t) for t in read)
         start = time.perf_counter()
         with (output if output is not None else contextlib.nullcontext()), _progress(total, progress) as bar:
@@ -125,6 +85,8 @@ def replay_offline(bag_path, config: NodeConfig, *, drops: Iterable[Drop] = (), 
                     scorer.add_truth(stamp_to_ns(msg.header.stamp), decode_labels(msg))
                 elif topic == info_topic:
                     replay.camera_info(log_ns, msg)
+                elif topic == tf_dynamic:
+                    replay.transform(log_ns, msg)
                 else:
                     replay.add(modality_of[topic], log_ns, msg)
                 bar.update(1)
@@ -135,8 +97,8 @@ def replay_offline(bag_path, config: NodeConfig, *, drops: Iterable[Drop] = (), 
                               f"(messages read: {replay.messages})")
         stage_ms["decode"] = replay.pipeline.decode_ms.samples()
         stage_ms["sync_wait"] = replay.pipeline.wait_ms.samples()
-        doc = _document(bag, config, segmenter, topics, labels_topic, drops, score_size, replay, scorer, stage_ms,
-                        wall, output)
+        doc = _document(bag, config, segmenter, inputs, drops, score_size, replay, scorer, stage_ms, wall, output,
+                        extrinsic_from)
     if out is not None:
         save_json(doc, Path(out) / REPORT_JSON)
         with atomic_open(Path(out) / REPORT_MD, "w") as f:
@@ -167,9 +129,10 @@ def _storage_of(bag: InputBag) -> str:
     return bag.storage if bag.storage in ("mcap", "sqlite3") else "mcap"
 
 
-def _document(bag, config, segmenter, topics, labels_topic, drops, score_size, replay, scorer, stage_ms, wall,
-              output) -> Dict:
+def _document(bag, config, segmenter, inputs, drops, score_size, replay, scorer, stage_ms, wall, output,
+              extrinsic_from) -> Dict:
     pipeline = replay.pipeline
+    topics, labels_topic = inputs.topics, inputs.labels
     custom = bag.custom_data
     duration = (bag.end_ns - bag.start_ns) / 1e9
     doc = {
@@ -179,19 +142,21 @@ def _document(bag, config, segmenter, topics, labels_topic, drops, score_size, r
                   "device": str(segmenter.device)},
         "bag": {"path": str(bag.path), "storage": bag.storage, "duration_s": duration,
                 "condition": custom.get("mmseg.condition"), "failure": custom.get("mmseg.failure"),
-                "topics": topics, "labels_topic": labels_topic},
+                "topics": topics, "types": inputs.types, "labels_topic": labels_topic},
         "settings": {"score_size": score_size, "drops": [d.label for d in drops],
                      "sync": {"anchor": config.anchor, "fallback": list(config.fallback), "slop": config.slop,
                               "max_wait": config.max_wait, "anchor_timeout": config.anchor_timeout,
                               "min_modalities": config.min_modalities},
-                     "lidar_source": config.lidar_source,
+                     "lidar_source": config.lidar_source, "transports": dict(config.transports),
+                     **({"lidar_extrinsic_from": extrinsic_from} if inputs.camera_info else {}),
                      **({"lidar_extrinsic": [list(row) for row in config.lidar_extrinsic]}
-                        if camera_info_topic(config) else {})},
+                        if inputs.camera_info and config.lidar_extrinsic is not None else {})},
         "classes": list(config.card.class_names),
         "frames": {"anchor_messages": replay.messages[config.anchor], "processed": replay.frames,
                    "scored": scorer.scored, "unscored": scorer.unscored, "labels": scorer.labels_seen,
                    "below_min": pipeline.below_min, "by_anchor": dict(pipeline.anchor_counts),
                    "used": dict(pipeline.used_counts)},
+        "warnings": list(replay.warnings),
         "inputs": {m: {"topic": topics[m], "messages": replay.messages[m], "dropped": replay.dropped[m],
                        "rejected": pipeline.inputs[m].rejected, "backwards": pipeline.inputs[m].backwards,
                        "last_error": pipeline.health.get(m).last_error} for m in config.modalities},

@@ -81,12 +81,20 @@ class SegmentNodeCore:
             raise ConfigError("activate before configure: no model loaded")
         from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-        from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+        from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
         from std_msgs.msg import String
 
+        from .tf_lookup import tf_lookup
+
         cfg = self.config
+        points = LIDAR in cfg.modalities and cfg.lidar_source == POINTS
+        transforms = tf_lookup(self.node) if points and cfg.lidar_extrinsic is None else None
+        if points and cfg.lidar_extrinsic is None and transforms is None:
+            self.log.warning("inputs.lidar_extrinsic is not set and tf2_ros is not importable: clouds outside the "
+                             "camera's frame cannot be projected (set the parameter)")
         self.pipeline = Pipeline(cfg, self.segmenter, on_bad_input=self._log_bad_input,
-                                 camera_info_source=node_config.camera_info_topic(), started_ns=self._now())
+                                 camera_info_source=node_config.camera_info_topic(), transforms=transforms,
+                                 on_warning=self.log.warning, started_ns=self._now())
         self._slot = LatestSlot()
         out_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=cfg.output_depth,
                              reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
@@ -115,6 +123,11 @@ class SegmentNodeCore:
         topics = node_config.input_topics(cfg.modalities, cfg.lidar_source)
         for name, topic in topics.items():
             kind = PointCloud2 if name == LIDAR and cfg.lidar_source == POINTS else Image
+            if kind is Image and cfg.transports[name] != node_config.RAW:
+                # As image_transport does: the base topic is resolved (remaps apply to it), then the transport
+                # appended, so `-r rgb/image:=/camera/image_raw` also moves rgb/image/compressed.
+                kind, topic = CompressedImage, f"{self.node.resolve_topic_name(topic)}/{cfg.transports[name]}"
+                topics[name] = topic  # (diagnostics name the topic subscribed to)
             self._subscriptions.append(self._subscribe(
                 kind, topic, lambda msg, name=name: self._on_input(name, msg), in_qos,
                 lambda info, name=name: self.pipeline.note_lost(name, info.total_count_change, self._now())))

@@ -8,6 +8,11 @@ Topics (absolute; the node's defaults are the same names relative to its namespa
     /lidar/points       sensor_msgs/PointCloud2          x, y, z, intensity float32 in the scanner frame
     /rgb/camera_info    sensor_msgs/CameraInfo           with every rgb image
     /gt/labels          sensor_msgs/Image mono8          DELIVER train ids, 255 = ignore (ground truth)
+With `compressed=True` the drive is recorded as vehicles usually record one: the camera as CompressedImage JPEG
+("rgb8; jpeg compressed bgr8") on /rgb/image/compressed, depth as compressedDepth ("32FC1; compressedDepth png") on
+/depth/image/compressedDepth, events as lossless PNG on /event/image/compressed, the LiDAR only as PointCloud2 in its
+own frame, and the camera <- LiDAR extrinsic only in /tf_static (base_link -> lidar frame, base_link -> camera
+optical frame); `topics` renames any of them (e.g. {"rgb": "/sensing/camera/front/image_raw/compressed"}).
 Header stamps come from the generator (sensor rates, LiDAR offset, jitter); each record's log time is its stamp
 plus a small per-sensor transport latency, and records are written in log-time order. The bag's metadata
 (custom_data) holds the condition, failure, seed, the LiDAR->camera extrinsic and the frame ids.
@@ -26,7 +31,7 @@ import numpy as np
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
-from ... import modalities
+from ... import modalities, msgs as codecs
 from ...errors import ConfigError
 from .encode import metres
 
@@ -58,6 +63,33 @@ TOPICS = {
     "points": (sibling_topic("lidar", "points"), "sensor_msgs/msg/PointCloud2"),
     "labels": (LABELS_TOPIC, "sensor_msgs/msg/Image"),
 }
+COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
+TF_STATIC_TOPIC = "/tf_static"
+BASE_FRAME = "base_link"
+JPEG_QUALITY = 90
+# compressedDepth quantisation (the publisher's depth_max / depth_quantization parameters): the generator's depth
+# stays below 65.5 m, and depth_max must exceed it or the far returns are dropped (the reference default is 10 m).
+DEPTH_MAX_M, DEPTH_QUANTIZATION = 100.0, 100.0
+COMPRESSED_TOPICS = {
+    "rgb": (topic("rgb") + "/compressed", COMPRESSED_TYPE),
+    "camera_info": TOPICS["camera_info"],
+    "depth": (topic("depth") + "/compressedDepth", COMPRESSED_TYPE),
+    "event": (topic("event") + "/compressed", COMPRESSED_TYPE),
+    "points": TOPICS["points"],
+    "labels": TOPICS["labels"],
+    "tf_static": (TF_STATIC_TOPIC, "tf2_msgs/msg/TFMessage"),
+}
+
+
+def layout(compressed: bool = False, topics: Mapping[str, str] | None = None) -> dict:
+    """key -> (topic, message type) of a drive bag written raw (TOPICS) or compressed, with `topics` renaming."""
+    table = dict(COMPRESSED_TOPICS if compressed else TOPICS)
+    unknown = sorted(set(topics or {}) - set(table))
+    if unknown:
+        raise ConfigError(f"topics: unknown key(s) {unknown}; keys: {sorted(table)}")
+    for key, name in (topics or {}).items():
+        table[key] = ("/" + name.lstrip("/"), table[key][1])
+    return table
 
 
 class _Messages:
@@ -90,6 +122,28 @@ class _Messages:
                                                                        do_rectify=False))
         return self.store.serialize_cdr(msg, "sensor_msgs/msg/CameraInfo")
 
+    def compressed(self, msg, stamp_ns: int, frame_id: str) -> bytes:
+        """A plain msgs.CompressedImage -> CDR."""
+        out = self.t[COMPRESSED_TYPE](header=self.header(stamp_ns, frame_id), format=msg.format,
+                                      data=np.frombuffer(bytes(msg.data), np.uint8))
+        return self.store.serialize_cdr(out, COMPRESSED_TYPE)
+
+    def tf_static(self, transforms, stamp_ns: int) -> bytes:
+        """[(parent, child, 4x4)] -> tf2_msgs/TFMessage CDR."""
+        from ...transforms import matrix_quaternion
+
+        t = self.t
+        items = []
+        for parent, child, matrix in transforms:
+            m = np.asarray(matrix, np.float64)
+            x, y, z, w = matrix_quaternion(m[:3, :3])
+            items.append(t["geometry_msgs/msg/TransformStamped"](
+                header=self.header(stamp_ns, parent), child_frame_id=child,
+                transform=t["geometry_msgs/msg/Transform"](
+                    translation=t["geometry_msgs/msg/Vector3"](x=m[0, 3], y=m[1, 3], z=m[2, 3]),
+                    rotation=t["geometry_msgs/msg/Quaternion"](x=x, y=y, z=z, w=w))))
+        return self.store.serialize_cdr(t["tf2_msgs/msg/TFMessage"](transforms=items), "tf2_msgs/msg/TFMessage")
+
     def points(self, xyzi: np.ndarray, stamp_ns: int, frame_id: str) -> bytes:
         field = self.t["sensor_msgs/msg/PointField"]
         data = np.ascontiguousarray(xyzi, np.float32)
@@ -114,10 +168,12 @@ def _dropped(drops: Mapping | None, index: int, rng) -> set:
 
 
 def write_drive_bag(path, frames: Iterable[dict], storage: str = "mcap", drops: Mapping | None = None,
-                    points: bool = True, drop_seed: int = 0) -> dict:
+                    points: bool = True, drop_seed: int = 0, compressed: bool = False,
+                    topics: Mapping[str, str] | None = None) -> dict:
     """Write frames from SceneGenerator.render_frame(i, all_events=True) (or any frames with the same keys) to a
     new rosbag2 at `path`. `drops` maps modality names ('rgb', 'depth', 'event', 'lidar') to frame indices (or a
-    probability per frame) whose messages are left out. Returns the number of messages written per topic."""
+    probability per frame) whose messages are left out; `compressed` records the drive as vehicles do (see the
+    module doc), `topics` renames topics by key. Returns the number of messages written per topic."""
     if storage not in STORAGES:
         raise ConfigError(f"storage must be one of {sorted(STORAGES)}, got {storage!r}")
     for name in drops or {}:
@@ -127,7 +183,9 @@ def write_drive_bag(path, frames: Iterable[dict], storage: str = "mcap", drops: 
     if path.exists():
         raise ConfigError(f"{path} exists already; rosbag2 writers never overwrite")
     msgs = _Messages()
-    counts = {t: 0 for t, _ in TOPICS.values()}
+    table = layout(compressed, topics)
+    points = points or compressed  # a compressed drive has no projected LiDAR image: the cloud is the LiDAR
+    counts = {t: 0 for t, _ in table.values()}
     rng = np.random.default_rng([drop_seed, 11])
     # Write into a hidden sibling folder and rename when complete: readers never see half a bag, and the storage
     # file inside keeps the bag's own name.
@@ -136,21 +194,24 @@ def write_drive_bag(path, frames: Iterable[dict], storage: str = "mcap", drops: 
     try:
         with Writer(staging / path.name, version=Writer.VERSION_LATEST, storage_plugin=STORAGES[storage]) as writer:
             conns = {key: writer.add_connection(t, msgtype, typestore=msgs.store)
-                     for key, (t, msgtype) in TOPICS.items() if points or key != "points"}
+                     for key, (t, msgtype) in table.items() if points or key != "points"}
             pending, metadata = [], None
             for frame in frames:
                 meta = frame["meta"]
+                records = _frame_records(frame, msgs, _dropped(drops, meta["index"], rng), points, compressed)
+                if metadata is None and compressed:  # the rig's extrinsics, once, before anything else
+                    first = min((r[0] for r in records), default=meta["stamps"]["rgb"])
+                    records.append((first - 1, -1, "tf_static", msgs.tf_static(_rig(meta), first - 1)))
                 metadata = metadata or meta
-                records = _frame_records(frame, msgs, _dropped(drops, meta["index"], rng), points)
                 if records:  # everything logged before this frame's first record is final
                     horizon = min(r[0] for r in records)
                     while pending and pending[0][0] <= horizon:
-                        _write(writer, conns, counts, heapq.heappop(pending))
+                        _write(writer, conns, counts, heapq.heappop(pending), table)
                 for r in records:
                     heapq.heappush(pending, r)
             while pending:
-                _write(writer, conns, counts, heapq.heappop(pending))
-            for key, value in _custom_data(metadata).items():
+                _write(writer, conns, counts, heapq.heappop(pending), table)
+            for key, value in _custom_data(metadata, table, compressed).items():
                 writer.set_custom_data(key, value)
         os.replace(staging / path.name, path)
     finally:
@@ -158,13 +219,20 @@ def write_drive_bag(path, frames: Iterable[dict], storage: str = "mcap", drops: 
     return counts
 
 
-def _write(writer, conns, counts, record):
+def _write(writer, conns, counts, record, table):
     log_ns, _, key, data = record
     writer.write(conns[key], log_ns, data)
-    counts[TOPICS[key][0]] += 1
+    counts[table[key][0]] += 1
 
 
-def _frame_records(frame: dict, msgs: _Messages, dropped: set, points: bool):
+def _rig(meta: dict):
+    """The /tf_static of the rig: base_link -> camera optical frame, base_link -> LiDAR frame."""
+    ids = meta["frame_ids"]
+    return [(BASE_FRAME, ids["rgb"], meta["ego_from_camera"]),
+            (BASE_FRAME, ids["lidar_points"], meta["ego_from_lidar"])]
+
+
+def _frame_records(frame: dict, msgs: _Messages, dropped: set, points: bool, compressed: bool = False):
     """(log time ns, tie-break, topic key, CDR bytes) for every message of one camera frame."""
     meta = frame["meta"]
     stamps, ids = meta["stamps"], meta["frame_ids"]
@@ -176,23 +244,43 @@ def _frame_records(frame: dict, msgs: _Messages, dropped: set, points: bool):
     def image(sensor, key, array):  # an image stream stamped and encoded as its key says, framed as its sensor
         add(sensor, key, stamps[key], msgs.image(array, ENCODINGS[key], stamps[key], ids[sensor]))
 
+    def transported(sensor, key, array, stamp):  # the same through compressed / compressedDepth
+        if key == "rgb":
+            plain = codecs.numpy_to_compressed(array, ENCODINGS[key], "jpeg", quality=JPEG_QUALITY, ros=False)
+        elif key == "depth":
+            plain = codecs.numpy_to_compressed_depth(array, ENCODINGS[key], depth_max=DEPTH_MAX_M,
+                                                     depth_quantization=DEPTH_QUANTIZATION, ros=False)
+        else:  # event counts: lossless, a JPEG would smear the isolated events
+            plain = codecs.numpy_to_compressed(array, ENCODINGS[key], "png", ros=False)
+        add(sensor, key, stamp, msgs.compressed(plain, stamp, ids[sensor]))
+
     if "rgb" not in dropped:
         rgb = frame["rgb"]
-        image("rgb", "rgb", rgb)
+        if compressed:
+            transported("rgb", "rgb", rgb, stamps["rgb"])
+        else:
+            image("rgb", "rgb", rgb)
         add("rgb", "camera_info", stamps["rgb"],
             msgs.camera_info(meta["intrinsics"], rgb.shape[1], rgb.shape[0], stamps["rgb"], ids["rgb"]))
     image("rgb", "labels", frame["labels"])
     if "depth" not in dropped:
-        image("depth", "depth", metres(frame["depth"]))
+        if compressed:
+            transported("depth", "depth", metres(frame["depth"]), stamps["depth"])
+        else:
+            image("depth", "depth", metres(frame["depth"]))
     if "lidar" not in dropped:
-        image("lidar", "lidar", metres(frame["lidar"]))
+        if not compressed:
+            image("lidar", "lidar", metres(frame["lidar"]))
         if points:
             add("lidar", "points", stamps["lidar"],
                 msgs.points(frame["lidar_points"], stamps["lidar"], ids["lidar_points"]))
     if "event" not in dropped:
         events = frame.get("events") or [(meta["time"], frame["event"])]
         for stamp, (_, image) in zip(stamps["event"][-len(events):], events):
-            add("event", "event", stamp, msgs.image(image, ENCODINGS["event"], stamp, ids["event"]))
+            if compressed:
+                transported("event", "event", image, stamp)
+            else:
+                add("event", "event", stamp, msgs.image(image, ENCODINGS["event"], stamp, ids["event"]))
     return out
 
 
@@ -208,10 +296,10 @@ def custom_data(path) -> dict:
     return dict(info.get("custom_data") or {})
 
 
-def _custom_data(meta: dict | None) -> dict:
+def _custom_data(meta: dict | None, table: dict, compressed: bool) -> dict:
     if meta is None:
         return {}
-    return {
+    data = {
         "mmseg.generator": "mmseg_ros.data.synthetic",
         "mmseg.condition": str(meta["condition"]),
         "mmseg.failure": str(meta["failure"] or "none"),
@@ -221,5 +309,8 @@ def _custom_data(meta: dict | None) -> dict:
         "mmseg.intrinsics": json.dumps(np.asarray(meta["intrinsics"]).round(9).tolist()),
         "mmseg.frame_ids": json.dumps(meta["frame_ids"]),
         "mmseg.event_count_scale": str(meta["event_count_scale"]),
-        "mmseg.topics": json.dumps({k: t for k, (t, _) in TOPICS.items()}),
+        "mmseg.topics": json.dumps({k: t for k, (t, _) in table.items()}),
     }
+    if compressed:  # the extrinsic is in /tf_static, as on a vehicle: nothing else tells it
+        del data["mmseg.camera_from_lidar"]
+    return data

@@ -1,0 +1,111 @@
+"""The pipeline's LiDAR extrinsic: the parameter when set, else a transform tree at the cloud's stamp; never a silent
+identity. A real (tiny, random-init) model segments every set, so the LiDAR image checked is the one the engine got."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from mmseg_ros import msgs
+from mmseg_ros.pipeline import Pipeline
+from mmseg_ros.pipeline.config import NodeConfig
+from mmseg_ros.transforms import Transform, TransformTree
+
+CARD = "test_tiny_mle_sam"
+SIZE = 64
+NS = 1_000_000_000
+K = [60.0, 0.0, 32.0, 0.0, 60.0, 32.0, 0.0, 0.0, 1.0]
+# The LiDAR 0.5 m left of the camera, axes as a vehicle's (x forward, z up) against the optical frame (z forward)
+CAMERA_FROM_LIDAR = np.array([[0, -1, 0, -0.5], [0, 0, -1, 0.2], [1, 0, 0, 0.1], [0, 0, 0, 1.0]])
+
+
+@pytest.fixture(scope="module")
+def segmenter():
+    from mmseg_ros.engine import Segmenter
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no checkpoint: random init is enough to carry the inputs through
+        return Segmenter(CARD, device="cpu")
+
+
+def points_in_lidar_frame(n=3000, seed=0):
+    """Points 4-20 m ahead of the camera, expressed in the LiDAR frame."""
+    rng = np.random.default_rng(seed)
+    z = rng.uniform(4, 20, n)
+    camera = np.stack([rng.uniform(-0.4, 0.4, n) * z, rng.uniform(-0.4, 0.4, n) * z, z, np.ones(n)], 1)
+    return (np.linalg.inv(CAMERA_FROM_LIDAR) @ camera.T).T[:, :3].astype(np.float32)
+
+
+def run(segmenter, values, transforms=None, cloud_frame="lidar_top", camera_frame="camera_optical", sets=2):
+    """Camera + CameraInfo + cloud through a Pipeline; (outputs, rejections, warnings)."""
+    config = NodeConfig.from_values({"model.card": CARD, "modalities": ["rgb", "lidar"],
+                                     "inputs.lidar_source": "points", **values})
+    rejected, warned = [], []
+    pipeline = Pipeline(config, segmenter, color=False, transforms=transforms, on_warning=warned.append,
+                        on_bad_input=lambda name, reason, _: rejected.append((name, reason)))
+    cloud = points_in_lidar_frame()
+    outputs = []
+    for i in range(sets):
+        stamp = 10 * NS + i * NS // 10
+        time = msgs.Time(*divmod(stamp, NS))
+        pipeline.add_camera_info(msgs.numpy_to_camera_info(K, SIZE, SIZE, header=msgs.Header(time, camera_frame),
+                                                           ros=False), stamp)
+        ready = pipeline.add("rgb", msgs.numpy_to_image(np.zeros((SIZE, SIZE, 3), np.uint8), "rgb8",
+                                                        msgs.Header(time, camera_frame), ros=False), stamp)
+        ready += pipeline.add("lidar", msgs.numpy_to_pointcloud(cloud, msgs.Header(time, cloud_frame), ros=False),
+                              stamp)
+        ready += pipeline.poll(stamp + NS // 20)  # (within sync.anchor_timeout: nobody counts as silent)
+        outputs += [out for out in (pipeline.process(s, stamp + NS // 20) for s in ready) if out is not None]
+    assert len(outputs) == sets
+    return outputs, rejected, warned
+
+
+def expected_image(extrinsic):
+    camera = msgs.camera_from_info(msgs.numpy_to_camera_info(K, SIZE, SIZE, ros=False))
+    return msgs.project_points(points_in_lidar_frame(), camera, extrinsic, value="depth")
+
+
+def tree(*edges):
+    out = TransformTree()
+    for parent, child, matrix in edges:
+        out.set_transform(parent, child, Transform.from_matrix(matrix), static=True)
+    return out
+
+
+BASE_FROM_CAMERA = np.array([[0, 0, 1, 1.5], [-1, 0, 0, 0.0], [0, -1, 0, 1.3], [0, 0, 0, 1.0]])
+RIG = (("base_link", "camera_optical", BASE_FROM_CAMERA),
+       ("base_link", "lidar_top", BASE_FROM_CAMERA @ CAMERA_FROM_LIDAR))
+
+
+def test_unset_extrinsic_is_looked_up_through_the_tree(segmenter):
+    outputs, rejected, warned = run(segmenter, {}, transforms=tree(*RIG))
+    assert not rejected and not warned and len(outputs) == 2
+    for out in outputs:
+        assert out.used == ("rgb", "lidar")
+        assert np.allclose(out.images["lidar"], expected_image(CAMERA_FROM_LIDAR), atol=1e-4)
+
+
+def test_no_tree_or_no_transform_is_bad_lidar_input_not_identity(segmenter):
+    outputs, rejected, _ = run(segmenter, {})
+    assert all(out.used == ("rgb",) for out in outputs) and len(outputs) == 2
+    assert rejected and all(name == "lidar" and "no TF is available" in reason for name, reason in rejected)
+    _, rejected, _ = run(segmenter, {}, transforms=tree(RIG[0]))  # the LiDAR's frame is not in the tree
+    assert rejected and "'lidar_top' does not exist" in rejected[0][1]
+    _, rejected, _ = run(segmenter, {}, transforms=tree(RIG[0], ("odom", "lidar_top", np.eye(4))))
+    assert rejected and "not connected" in rejected[0][1]
+
+
+def test_parameter_wins_and_an_identity_across_frames_warns_once(segmenter):
+    outputs, rejected, warned = run(segmenter, {"inputs.lidar_extrinsic": CAMERA_FROM_LIDAR.ravel().tolist()},
+                                    transforms=tree(RIG[0]))  # (a tree without the LiDAR: not consulted)
+    assert not rejected and not warned
+    assert np.allclose(outputs[0].images["lidar"], expected_image(CAMERA_FROM_LIDAR), atol=1e-4)
+    _, rejected, warned = run(segmenter, {"inputs.lidar_extrinsic": np.eye(4).ravel().tolist()}, sets=3)
+    assert not rejected and len(warned) == 1 and "'lidar_top'" in warned[0] and "'camera_optical'" in warned[0]
+
+
+def test_a_cloud_in_the_camera_frame_needs_no_transform(segmenter):
+    outputs, rejected, warned = run(segmenter, {}, cloud_frame="camera_optical")
+    assert not rejected and not warned
+    assert np.allclose(outputs[0].images["lidar"], expected_image(np.eye(4)), atol=1e-4)
