@@ -18,6 +18,9 @@ from mmseg_ros import modalities
 from mmseg_ros.pipeline import config as node_config
 from mmseg_ros.pipeline.config import NodeConfig
 
+# ROS-facing: `make test` runs this module on every distro (pytest -m ros).
+pytestmark = pytest.mark.ros
+
 ROOT = Path(__file__).resolve().parent.parent
 LAUNCH = ROOT / "launch" / "segment.launch.py"
 SOURCE = LAUNCH.read_text()
