@@ -19,6 +19,9 @@ import pytest
 
 from mmseg_ros.ros import dds
 
+# ROS-facing: `make test` runs this module on every distro (pytest -m ros).
+pytestmark = pytest.mark.ros
+
 PEER = Path(__file__).with_name("dds_peer.py")
 RATE_HZ = 10.0  # leaves the subscriber 0.5 s of slack (sensor-data QoS keeps 5) when other jobs hold the cores
 

@@ -234,6 +234,7 @@ def node_cmd(name: str, *params: str):
     return args
 
 
+@pytest.mark.ros
 def test_node_fails_fast_on_bad_checkpoints_and_cards_and_falls_back_to_cpu(faulty, tmp_path):
     bad_yaml = tmp_path / "bad.yaml"
     bad_yaml.write_text("name: x\narchitecture: [mle_sam\n")

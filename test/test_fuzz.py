@@ -149,6 +149,7 @@ def test_mutated_images_decode_exactly_or_raise_message_error(case):
         assert image is None, "a truncated image decoded"
 
 
+@pytest.mark.ros
 @settings(max_examples=400, **FUZZ)
 @given(msg=random_images(ros=True), case=mutated_images(ros=True))
 def test_real_sensor_msgs_images(msg, case):
@@ -307,6 +308,7 @@ def test_mutated_clouds_decode_exactly_or_raise_message_error(case):
         assert decoded is not None and decoded.size == 0 and xyz.shape == (0, 3)
 
 
+@pytest.mark.ros
 @settings(max_examples=400, **FUZZ)
 @given(msg=random_clouds(ros=True), case=mutated_clouds(ros=True))
 def test_real_sensor_msgs_clouds(msg, case):
@@ -384,6 +386,7 @@ def test_random_plain_camera_infos_validate_or_raise_message_error(info):
     _check_camera(info)
 
 
+@pytest.mark.ros
 @settings(max_examples=400, **FUZZ)
 @given(info=camera_infos(ros=True))
 def test_real_sensor_msgs_camera_infos(info):
@@ -705,6 +708,7 @@ def fuzzed_invalid_camera_info(rng: np.random.Generator):
     return "camera_info:" + kind, msg
 
 
+@pytest.mark.ros
 def test_running_node_keeps_publishing_through_fuzzed_inputs(tmp_path):
     """A node with a PointCloud2 LiDAR gets valid sets (camera, depth, events, cloud + CameraInfo) at 5 Hz, each
     followed by up to two fuzzed invalid messages (images, clouds, camera infos) on random inputs, all reliable so

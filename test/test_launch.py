@@ -19,6 +19,9 @@ from mmseg_ros.ros import launch_args
 from mmseg_ros.pipeline import config as node_config
 from mmseg_ros.pipeline.config import NodeConfig
 
+# ROS-facing: `make test` runs this module on every distro (pytest -m ros).
+pytestmark = pytest.mark.ros
+
 ROOT = Path(__file__).resolve().parent.parent
 LAUNCH = ROOT / "launch" / "segment.launch.py"
 SOURCE = LAUNCH.read_text()

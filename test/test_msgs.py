@@ -428,6 +428,7 @@ def test_module_imports_without_rclpy():
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
+@pytest.mark.ros
 @pytest.mark.parametrize("encoding", ENCODINGS)
 def test_real_image_round_trips_through_cdr(encoding):
     serialization = pytest.importorskip("rclpy.serialization")
@@ -443,6 +444,7 @@ def test_real_image_round_trips_through_cdr(encoding):
     assert same_bits(msgs.image_to_numpy(back), array)
 
 
+@pytest.mark.ros
 def test_real_pointcloud_and_camera_info_round_trip_through_cdr():
     serialization = pytest.importorskip("rclpy.serialization")
     from sensor_msgs.msg import CameraInfo, PointCloud2
@@ -464,6 +466,7 @@ def test_real_pointcloud_and_camera_info_round_trip_through_cdr():
     assert list(back.p) == [50.0, 0.0, 40.0, 0.0, 0.0, 50.0, 20.0, 0.0, 0.0, 0.0, 1.0, 0.0]
 
 
+@pytest.mark.ros
 def test_rosbags_messages_decode_and_their_cdr_reads_in_rclpy():
     """Bag replay hands us rosbags' message objects (data as numpy) or raw CDR for rclpy; both must decode."""
     typesys = pytest.importorskip("rosbags.typesys")

@@ -28,6 +28,9 @@ from mmseg_ros import cards, msgs
 from mmseg_ros.pipeline import config as node_config
 from mmseg_ros.ros import dds
 
+# ROS-facing: `make test` runs this module on every distro (pytest -m ros).
+pytestmark = pytest.mark.ros
+
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

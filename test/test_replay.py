@@ -194,6 +194,7 @@ def test_bag_without_ground_truth_replays_unscored(tmp_path):
     assert "overall" not in report and report["bag"]["labels_topic"] is None
 
 
+@pytest.mark.ros
 def test_live_replay_into_the_real_node_answers_every_frame_and_scores_like_offline(drive, tmp_path):
     """--live starts segment_node (a child process), plays the bag over DDS, records the outputs and scores them;
     every camera frame is answered and the confusion matrix is that of the offline replay but for timing (a set may

@@ -177,6 +177,7 @@ def _seconds(text: str) -> int:
     return int(sec) * 10**9 + int(nsec)
 
 
+@pytest.mark.ros
 def test_publishes_rates_encodings_drops_and_bad_messages():
     keys = ros_sensors.used_keys(points=True, gt=True)
     listener = Listener(keys, reliable=True)
@@ -239,6 +240,7 @@ def test_publishes_rates_encodings_drops_and_bad_messages():
     assert labels.dtype == np.uint8 and ((labels < 25) | (labels == 255)).all()
 
 
+@pytest.mark.ros
 def test_sigint_ends_the_default_best_effort_publisher_with_exit_0_within_2_s_and_clock_runs_scaled():
     listener = Listener(ros_sensors.used_keys(points=False, gt=False), reliable=False, clock=True)
     rate_scale = 0.5

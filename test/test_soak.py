@@ -11,6 +11,8 @@ Bounds for 45 s measured after a 15 s warm-up:
 """
 from __future__ import annotations
 
+import pytest
+
 from mmseg_ros.bench import soak
 
 MINUTES, WARMUP, WINDOW = 1.0, 15.0, 15.0
@@ -32,6 +34,7 @@ def test_drop_schedule_is_seeded_covers_every_sensor_and_fits():
     assert len(crowded) > 40 and all(len(down(t / 10)) < len(soak.SENSORS) for t in range(1200))
 
 
+@pytest.mark.ros
 def test_short_soak_no_crash_no_leak_stable_latency_drops_counted(tmp_path):
     result = soak.run_soak(minutes=MINUTES, rate_scale=2.0, seed=0, card="test_tiny_mle_sam", size=64,
                            warmup=WARMUP, window=WINDOW, max_rss_growth_mb=RSS_GROWTH_MB, p95_factor=P95_FACTOR,
