@@ -235,7 +235,7 @@ def test_publishes_rates_encodings_drops_and_bad_messages():
     info = got["camera_info"][0]
     assert (info.width, info.height) == (64, 64) and info.k[2] == pytest.approx(32.0)
     cloud = msgs.pointcloud_to_numpy(got["points"][0])
-    assert cloud.dtype.names == ("x", "y", "z", "intensity") and cloud.size > 100
+    assert cloud.dtype.names == ("x", "y", "z", "intensity", "gt_label") and cloud.size > 100
     labels = msgs.image_to_numpy(got["labels"][0])
     assert labels.dtype == np.uint8 and ((labels < 25) | (labels == 255)).all()
 

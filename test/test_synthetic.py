@@ -292,7 +292,10 @@ def test_bag_round_trip(tmp_path, storage):
     assert np.array_equal(first["/event/image"].data.reshape(48, 48, 3), frame["events"][0][1])
     assert np.array_equal(first["/gt/labels"].data.reshape(48, 48), frame["labels"])
     cloud = first["/lidar/points"]
-    assert [f.name for f in cloud.fields] == ["x", "y", "z", "intensity"] and cloud.width == len(frame["lidar_points"])
+    assert [f.name for f in cloud.fields] == ["x", "y", "z", "intensity", "gt_label"]
+    assert cloud.width == len(frame["lidar_points"]) == len(frame["lidar_point_labels"])
+    recorded = np.frombuffer(bytes(cloud.data), np.uint8).reshape(cloud.width, cloud.point_step)
+    assert np.array_equal(recorded[:, 16], frame["lidar_point_labels"])  # each point's true class
     assert first["/lidar/image"].header.frame_id != cloud.header.frame_id
 
 

@@ -2,7 +2,7 @@
 
 One job per module: `types` (plain stand-ins and message building), `image` (the Image codec and the output images),
 `pointcloud` (the PointCloud2 codec), `compressed` (CompressedImage in image_transport's compressed and
-compressedDepth formats), `camera` (the camera model and the projection of points into it). Everything
+compressedDepth formats), `camera` (the camera model), `projection` (points into a camera, both ways). Everything
 public is re-exported here, so callers write `msgs.image_to_numpy(...)`.
 
 Works on any object that has the message's fields (rclpy messages, rosbags messages, the plain dataclasses in
@@ -17,8 +17,9 @@ Conventions:
   normalisation, and is what `preprocess` treats as missing); nearest point (smallest camera depth) wins a pixel.
 * Anything malformed raises MessageError naming the field and the values.
 """
-from .camera import (DISTORTION_MODELS, MAX_CAMERA_PIXELS, PROJECTION_VALUES, Camera, camera_from_info,
-                     numpy_to_camera_info, pointcloud_to_range_image, project_points)
+from .camera import DISTORTION_MODELS, MAX_CAMERA_PIXELS, Camera, camera_from_info, numpy_to_camera_info
+from .projection import (PROJECTION_VALUES, Projection, cloud_xyz, pointcloud_to_range_image, project_cloud,
+                         project_points)
 from .compressed import (COMPRESSED, COMPRESSED_DEPTH, TRANSPORTS, CompressedFormat, compressed_to_numpy,
                          is_compressed, numpy_to_compressed, numpy_to_compressed_depth, parse_format)
 from .image import (PixelFormat, color_to_image, confidence_to_image, image_for_model, image_to_numpy, label_encoding,
@@ -29,11 +30,12 @@ from .types import (CameraInfo, CompressedImage, Header, Image, PointCloud2, Poi
                     ros_messages_available)
 
 __all__ = [
-    "DISTORTION_MODELS", "MAX_CAMERA_PIXELS", "PROJECTION_VALUES", "Camera", "camera_from_info", "numpy_to_camera_info",
-    "pointcloud_to_range_image", "project_points", "COMPRESSED", "COMPRESSED_DEPTH", "TRANSPORTS", "CompressedFormat",
-    "compressed_to_numpy", "is_compressed", "numpy_to_compressed", "numpy_to_compressed_depth", "parse_format",
-    "PixelFormat", "color_to_image", "confidence_to_image", "image_for_model", "image_to_numpy", "label_encoding",
-    "labels_to_image", "numpy_to_image", "pixel_format", "MAX_POINT_STEP", "POINT_FIELD_DTYPES", "numpy_to_pointcloud",
-    "pointcloud_dtype", "pointcloud_to_numpy", "pointcloud_xyz", "CameraInfo", "CompressedImage", "Header", "Image",
-    "PointCloud2", "PointField", "Time", "new_message", "ros_messages_available",
+    "DISTORTION_MODELS", "MAX_CAMERA_PIXELS", "PROJECTION_VALUES", "Camera", "camera_from_info",
+    "numpy_to_camera_info", "pointcloud_to_range_image", "project_points", "Projection", "project_cloud", "cloud_xyz",
+    "COMPRESSED", "COMPRESSED_DEPTH", "TRANSPORTS", "CompressedFormat", "compressed_to_numpy", "is_compressed",
+    "numpy_to_compressed", "numpy_to_compressed_depth", "parse_format", "PixelFormat", "color_to_image",
+    "confidence_to_image", "image_for_model", "image_to_numpy", "label_encoding", "labels_to_image", "numpy_to_image",
+    "pixel_format", "MAX_POINT_STEP", "POINT_FIELD_DTYPES", "numpy_to_pointcloud", "pointcloud_dtype",
+    "pointcloud_to_numpy", "pointcloud_xyz", "CameraInfo", "CompressedImage", "Header", "Image", "PointCloud2",
+    "PointField", "Time", "new_message", "ros_messages_available",
 ]

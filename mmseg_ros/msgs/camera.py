@@ -1,14 +1,12 @@
-"""The camera model (sensor_msgs/CameraInfo: pinhole + plumb_bob / rational_polynomial) and the projection of
-LiDAR points into it. Kept apart from the codecs, as image_geometry is in ROS."""
+"""The camera model (sensor_msgs/CameraInfo: pinhole + plumb_bob / rational_polynomial, raw or rectified, binning
+and ROI). Kept apart from the codecs, as image_geometry is in ROS; projecting points into it is `projection`."""
 
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 from numpy.polynomial import polynomial as poly
 
 from ..errors import MessageError
-from .pointcloud import pointcloud_xyz
 from .types import count_of, field_of, new_message, set_header
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -157,84 +155,3 @@ def numpy_to_camera_info(k, width: int, height: int, d=(), distortion_model: str
     camera_from_info(msg)
     msg.p = [*k[0:3], 0.0, *k[3:6], 0.0, *k[6:9], 0.0]
     return msg
-
-
-def _extrinsic(matrix) -> np.ndarray:
-    t = np.asarray(matrix, dtype=np.float64)
-    if t.shape != (4, 4) or not np.isfinite(t).all() or not np.allclose(t[3], [0.0, 0.0, 0.0, 1.0]):
-        raise MessageError(
-            f"extrinsic must be a finite 4x4 rigid transform with last row [0, 0, 0, 1], got {t.tolist()}"
-        )
-    return t
-
-
-PROJECTION_VALUES = ("range", "depth")
-
-
-def project_points(points, camera: Camera, extrinsic, *, value: str = "range", min_depth: float = 1e-3) -> np.ndarray:
-    """Project (N, 3) LiDAR points into `camera` as a float32 (height, width) image, 0 where no point lands.
-
-    extrinsic: 4x4 transform taking LiDAR-frame points to the camera optical frame (z forward, x right, y down).
-    value: 'range' writes the distance the LiDAR measured (norm in the LiDAR frame), 'depth' the camera z.
-    Points with camera z <= min_depth (behind the camera) or beyond the distortion model's fold are dropped; where
-    several points hit a pixel the one nearest to the camera (smallest z) wins.
-    """
-    if value not in PROJECTION_VALUES:
-        raise MessageError(f"value must be one of {PROJECTION_VALUES}, got {value!r}")
-    pts = np.asarray(points, dtype=np.float64)
-    if pts.ndim != 2 or pts.shape[1] != 3:
-        raise MessageError(f"points must have shape (N, 3), got {pts.shape}")
-    t = _extrinsic(extrinsic)
-    image = np.zeros((camera.height, camera.width), dtype=np.float32)
-    # Written out per axis: a BLAS matmul with 3 columns is slower, and badly so when other processes hold the cores.
-    px, py, pz = pts[:, 0], pts[:, 1], pts[:, 2]
-    cx, cy, z = (t[i, 0] * px + t[i, 1] * py + t[i, 2] * pz + t[i, 3] for i in range(3))
-    with np.errstate(divide="ignore", invalid="ignore"):  # points behind the camera or NaN are masked out here
-        keep = z > min_depth
-        x, y = cx / z, cy / z
-        if camera.distorted:
-            x, y, inside = _distort(x, y, camera)
-            keep &= inside
-        k = camera.k
-        u = np.floor(k[0, 0] * x + k[0, 1] * y + k[0, 2] + 0.5)
-        v = np.floor(k[1, 1] * y + k[1, 2] + 0.5)
-        keep &= (u >= 0) & (u < camera.width) & (v >= 0) & (v < camera.height)
-    hit = np.flatnonzero(keep)
-    if not hit.size:
-        return image
-    pixel = v[hit].astype(np.int64) * camera.width + u[hit].astype(np.int64)
-    depth = z[hit]
-    # One sort groups the points by pixel with the nearest first: the key is the pixel index plus the depth scaled
-    # into [0, 1) (float64 keeps depth differences above ~1e-9 of the largest depth apart).
-    order = np.argsort(pixel + depth / (depth.max() * (1 + 1e-6)))
-    sorted_pixels = pixel[order]
-    first = np.ones(order.size, dtype=bool)
-    np.not_equal(sorted_pixels[1:], sorted_pixels[:-1], out=first[1:])
-    winners = hit[order[first]]
-    with np.errstate(over="ignore", invalid="ignore"):
-        if value == "range":
-            values = np.sqrt(px[winners] ** 2 + py[winners] ** 2 + pz[winners] ** 2).astype(np.float32)
-        else:
-            values = z[winners].astype(np.float32)
-    values[~np.isfinite(values)] = 0.0  # beyond float32 (a broken driver's 1e39 m): no return, as documented
-    image.reshape(-1)[sorted_pixels[first]] = values
-    return image
-
-
-def _distort(x: np.ndarray, y: np.ndarray, camera: Camera):
-    """Apply plumb_bob / rational_polynomial to normalised coordinates; also the mask of points inside the fold."""
-    k1, k2, p1, p2, k3, k4, k5, k6 = (list(camera.d) + [0.0] * 8)[:8]
-    r2 = x * x + y * y
-    inside = r2 < camera.fold_radius2()
-    radial = (1 + r2 * (k1 + r2 * (k2 + r2 * k3))) / (1 + r2 * (k4 + r2 * (k5 + r2 * k6)))
-    xy = x * y
-    xd = x * radial + 2 * p1 * xy + p2 * (r2 + 2 * x * x)
-    yd = y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * xy
-    return xd, yd, inside
-
-
-def pointcloud_to_range_image(cloud, camera_info, extrinsic, *, value: str = "range",
-                              names: Sequence[str] = ("x", "y", "z")) -> np.ndarray:
-    """PointCloud2 + CameraInfo (or Camera) + 4x4 LiDAR->camera transform -> sparse float32 range image."""
-    camera = camera_info if isinstance(camera_info, Camera) else camera_from_info(camera_info)
-    return project_points(pointcloud_xyz(cloud, names), camera, extrinsic, value=value)

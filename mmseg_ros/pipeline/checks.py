@@ -61,6 +61,15 @@ def lidar_image(points: np.ndarray, camera: Optional["msgs.Camera"], extrinsic: 
     return msgs.project_points(msgs.pointcloud_xyz(points), camera, extrinsic, value=LIDAR_IMAGE_VALUE)
 
 
+def lidar_projection(points: np.ndarray, camera: Optional["msgs.Camera"], extrinsic: np.ndarray,
+                     source: str) -> "msgs.Projection":
+    """`lidar_image` keeping where each point landed (to paint the cloud with the outputs): its `image()` is the
+    same LiDAR image."""
+    if camera is None:
+        raise MessageError(f"lidar: no CameraInfo received on {source} yet; cannot project the points")
+    return msgs.project_cloud(msgs.cloud_xyz(points), camera, extrinsic, value=LIDAR_IMAGE_VALUE)
+
+
 def valid_returns(image: np.ndarray) -> bool:
     """Whether a metric float image has at least one finite positive pixel."""
     with np.errstate(invalid="ignore"):  # NaN compares False: no return

@@ -117,6 +117,12 @@ PARAMETERS: Tuple[Param, ...] = (
           low=0.0, high=1.0),
     Param("outputs.queue_depth", INTEGER, 2, "history depth of the (reliable) output publishers", low=1, high=100,
           step=1),
+    Param("outputs.points", BOOL, False,
+          "publish ~/points: the LiDAR cloud of each set with label and confidence per point (inputs.lidar_source: "
+          "points)"),
+    Param("outputs.points_keep_unlabeled", BOOL, True,
+          "~/points keeps every input point (order and count as the input; unlabeled = 255, or 65535 above 255 "
+          "classes); false drops points behind the camera, outside the image or hidden behind a nearer point"),
     Param("outputs.frame_id", STRING, "",
           "frame_id of the outputs (their pixels are on the camera grid); empty = the camera's, from its images or "
           "CameraInfo, whichever input anchors the set"),
@@ -186,6 +192,8 @@ class NodeConfig:
     error_hold: float
     output_timeout: float
     output_frame_id: str
+    publish_points: bool
+    points_keep_unlabeled: bool
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> "NodeConfig":
@@ -209,6 +217,10 @@ class NodeConfig:
                               f"than the anchor {anchor!r}")
         if not fallback:
             fallback = tuple(m for m in mods if m != anchor)
+        if v["outputs.points"] and (v["inputs.lidar_source"] != POINTS or LIDAR not in mods):
+            raise ConfigError("parameter outputs.points=true paints the LiDAR cloud: it needs inputs.lidar_source="
+                              f"points and the lidar input (modalities {list(mods)}, lidar_source "
+                              f"{v['inputs.lidar_source']!r})")
         if v["sync.min_modalities"] > len(mods):
             raise ConfigError(f"parameter sync.min_modalities={v['sync.min_modalities']} exceeds the "
                               f"{len(mods)} subscribed modalities {list(mods)}")
@@ -241,6 +253,8 @@ class NodeConfig:
             error_hold=v["diagnostics.error_hold"],
             output_timeout=v["diagnostics.output_timeout"],
             output_frame_id=v["outputs.frame_id"],
+            publish_points=v["outputs.points"],
+            points_keep_unlabeled=v["outputs.points_keep_unlabeled"],
         )
 
 

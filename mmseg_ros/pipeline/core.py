@@ -29,7 +29,7 @@ import numpy as np
 from .. import msgs
 from ..errors import MessageError, MMSegError
 from ..sync import NS_PER_S, SyncConfig, SyncSet, Synchronizer, stamp_to_ns
-from . import checks, diagnostics, outputs
+from . import checks, diagnostics, outputs, painting
 from .config import CAMERA, LIDAR, POINTS, NodeConfig
 from .stats import InputHealth, LatencyWindow, LostMessages, RateMeter
 
@@ -67,6 +67,8 @@ class SegmentedSet:
     color: Optional[np.ndarray] = None
     images: Optional[Dict[str, np.ndarray]] = None  # the engine's inputs (views of the messages)
     router: Dict[str, Any] = field(default_factory=dict)  # router.<level>.<modality> -> weight (MLE-SAM)
+    points: Optional[np.ndarray] = None  # the set's LiDAR cloud painted with the outputs (outputs.points)
+    points_header: Any = None  # that cloud's own header (its frame and stamp)
 
 
 @dataclass
@@ -116,6 +118,7 @@ class Pipeline:
         self.published_count = 0
         self.below_min = 0  # sets given up after the synchronizer: unusable anchor, or too few usable inputs
         self.superseded = 0  # sets replaced before they were processed (the node's latest-wins hand-off)
+        self.unpainted = 0  # processed sets without a usable cloud to paint (outputs.points)
         self.anchor_counts = {m: 0 for m in config.modalities}  # processed sets per anchor
         self.used_counts = {m: 0 for m in config.modalities}  # processed sets each modality went into
         self._last_used: Tuple[str, ...] = ()
@@ -231,10 +234,12 @@ class Pipeline:
         images: Dict[str, np.ndarray] = {}
         missing = {name: reason.value for name, reason in sset.missing.items()}
         anchor_size = None
+        cloud = None  # (points message, projection) of the set's LiDAR cloud when it is painted
         for name in (sset.anchor, *(n for n in sset.messages if n != sset.anchor)):
             item: InputMessage = sset.messages[name].payload
+            projection = None
             try:
-                image = item.image if item.image is not None else self._project(item)
+                image, projection = (item.image, None) if item.image is not None else self._project(item)
                 if anchor_size is None:
                     anchor_size = checks.size_of(image)
                 elif not cfg.allow_size_mismatch:
@@ -249,6 +254,8 @@ class Pipeline:
                 missing[name] = "rejected"
                 continue
             images[name] = image
+            if projection is not None:
+                cloud = (item, projection)
         if len(images) < cfg.min_modalities:
             self.below_min += 1
             return None
@@ -262,11 +269,15 @@ class Pipeline:
             color = outputs.overlay(cfg.card.class_set.colorize(result.labels), images.get(CAMERA), cfg.color_alpha)
         overlaid = time.perf_counter()
         timing = {"checks": 1e3 * (checked - begin), **result.timing, "overlay": 1e3 * (overlaid - segmented)}
+        painted = self._paint(cloud, result, now_ns) if cfg.publish_points else None
+        if painted is not None:
+            timing["paint"] = 1e3 * (time.perf_counter() - overlaid)
         output = SegmentedSet(
             index=self.processed, stamp_ns=sset.stamp_ns, arrival_ns=anchor.arrival_ns, anchor=sset.anchor,
             used=tuple(result.modalities), missing=missing, timing=timing, header=self._output_header(sset),
             labels=result.labels, confidence=result.confidence, color=color, images=images,
-            router=outputs.router_summary(result.router_weights))
+            router=outputs.router_summary(result.router_weights), points=painted,
+            points_header=cloud[0].header if painted is not None else None)
         self.processed += 1
         self.anchor_counts[output.anchor] += 1
         for name in output.used:
@@ -291,9 +302,28 @@ class Pipeline:
             return header
         return msgs.Header(stamp=header.stamp, frame_id=frame)
 
-    def _project(self, item: InputMessage) -> np.ndarray:
+    def _project(self, item: InputMessage):
+        """(LiDAR image, projection): the projection (per-point pixels) only when the cloud is to be painted."""
         extrinsic = self._extrinsic(item.header) if self._camera is not None else None
-        return checks.lidar_image(item.points, self._camera, extrinsic, self.camera_info_source)
+        if not self.config.publish_points:
+            return checks.lidar_image(item.points, self._camera, extrinsic, self.camera_info_source), None
+        projection = checks.lidar_projection(item.points, self._camera, extrinsic, self.camera_info_source)
+        return projection.image(), projection
+
+    def _paint(self, cloud, result, now_ns: int) -> Optional[np.ndarray]:
+        """The set's cloud (not a newer one: labels and geometry of the same instant) painted with its outputs;
+        None, counted, when the set had no usable cloud (LiDAR dropped or rejected)."""
+        if cloud is None:
+            self.unpainted += 1
+            return None
+        item, projection = cloud
+        try:
+            return painting.paint(item.points, projection, result.labels, result.confidence,
+                                  self.config.card.num_classes, self.config.points_keep_unlabeled)
+        except MessageError as exc:
+            self.unpainted += 1
+            self.reject(LIDAR, str(exc), now_ns)
+            return None
 
     def _extrinsic(self, header) -> np.ndarray:
         """Camera optical frame <- cloud frame: the parameter when set, else the transform tree at the cloud's
@@ -345,5 +375,6 @@ class Pipeline:
             dropped_below_min=stats.sets_below_min + self.below_min, latency_ms=self.latency_ms.percentiles(),
             wait_ms=self.wait_ms.percentiles(), model_ms=self.model_ms.percentiles(),
             modalities_used=self._last_used, last_output_age_s=None if last is None else (now_ns - last) / NS_PER_S,
-            output_timeout_s=cfg.output_timeout, hardware_id=hardware_id, extra=self._router)
+            output_timeout_s=cfg.output_timeout, hardware_id=hardware_id,
+            extra={**self._router, **({"unpainted_sets": self.unpainted} if cfg.publish_points else {})})
         return diagnostics.statuses(node_name, report, inputs, now_ns, cfg.diagnostics_period)

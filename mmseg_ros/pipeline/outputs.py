@@ -29,12 +29,15 @@ def router_summary(weights: Optional[Dict[str, Dict[str, float]]]) -> Dict[str, 
 
 
 def to_messages(output, config, *, ros: Optional[bool] = None) -> Dict[str, Any]:
-    """A SegmentedSet's output images, stamped with its header: 'labels' always, 'confidence' when
-    outputs.confidence is on, 'color' when the overlay was built. `ros` as in the codecs (real sensor_msgs when
-    importable by default; False for plain messages, e.g. a bag writer)."""
+    """A SegmentedSet's output messages, stamped with its header: 'labels' always, 'confidence' when
+    outputs.confidence is on, 'color' when the overlay was built, 'points' (PointCloud2) when its cloud was painted.
+    `ros` as in the codecs (real sensor_msgs when importable by default; False for plain messages, e.g. a bag
+    writer)."""
     out = {"labels": msgs.labels_to_image(output.labels, config.card.num_classes, output.header, ros=ros)}
     if config.publish_confidence:
         out["confidence"] = msgs.confidence_to_image(output.confidence, output.header, ros=ros)
     if output.color is not None:
         out["color"] = msgs.color_to_image(output.color, output.header, ros=ros)
+    if output.points is not None:  # in the cloud's own frame and stamp: its points are unmoved
+        out["points"] = msgs.numpy_to_pointcloud(output.points, output.points_header, ros=ros)
     return out

@@ -140,19 +140,25 @@ def _read_metadata(path: Path) -> dict:
 
 
 class OutputBag:
-    """A new rosbag2 of sensor_msgs/Image topics, complete or absent. Use as a context manager:
+    """A new rosbag2 of sensor_msgs/Image (and PointCloud2) topics, complete or absent. Use as a context manager:
 
         with OutputBag(path, "mcap", ["/segment_node/labels", ...], custom_data={...}) as bag:
             bag.write("/segment_node/labels", log_ns, image_msg)
 
     An existing bag at `path` is replaced only once the new one is complete."""
 
-    def __init__(self, path, storage: str, topics: Iterable[str], custom_data: Optional[Mapping[str, str]] = None):
+    def __init__(self, path, storage: str, topics: Iterable[str], custom_data: Optional[Mapping[str, str]] = None,
+                 types: Optional[Mapping[str, str]] = None):
+        """`topics` are Images unless `types` names another message type (POINTS_TYPE) for them."""
         if storage not in STORAGES:
             raise ConfigError(f"output storage must be one of {list(STORAGES)}, got {storage!r}")
         self.path = Path(path)
         self.storage = storage
-        self.topics = tuple(topics)
+        self.types = {t: (types or {}).get(t, IMAGE_TYPE) for t in topics}
+        unknown = {t: kind for t, kind in self.types.items() if kind not in (IMAGE_TYPE, POINTS_TYPE)}
+        if unknown:
+            raise ConfigError(f"output topics of unsupported types: {unknown}")
+        self.topics = tuple(self.types)
         self.custom_data = dict(custom_data or {})
         self.counts: Dict[str, int] = {t: 0 for t in self.topics}
 
@@ -166,15 +172,17 @@ class OutputBag:
             plugin = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}[self.storage]
             self._writer = Writer(self._staging / self.path.name, version=Writer.VERSION_LATEST, storage_plugin=plugin)
             self._writer.open()
-            self._connections = {t: self._writer.add_connection(t, IMAGE_TYPE, typestore=self._store)
-                                 for t in self.topics}
+            self._connections = {t: self._writer.add_connection(t, kind, typestore=self._store)
+                                 for t, kind in self.types.items()}
         except BaseException:
             shutil.rmtree(self._staging, ignore_errors=True)
             raise
         return self
 
-    def write(self, topic: str, log_ns: int, image) -> None:
-        data = self._store.serialize_cdr(self._image(image), IMAGE_TYPE)
+    def write(self, topic: str, log_ns: int, message) -> None:
+        kind = self.types[topic]
+        typed = self._image(message) if kind == IMAGE_TYPE else self._cloud(message)
+        data = self._store.serialize_cdr(typed, kind)
         self._writer.write(self._connections[topic], int(log_ns), data)
         self.counts[topic] += 1
 
@@ -199,12 +207,25 @@ class OutputBag:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
 
-    def _image(self, msg):
+    def _header(self, msg):
         t = self._store.types
         stamp = msg.header.stamp
-        header = t["std_msgs/msg/Header"](
+        return t["std_msgs/msg/Header"](
             stamp=t["builtin_interfaces/msg/Time"](sec=int(stamp.sec), nanosec=int(stamp.nanosec)),
             frame_id=str(msg.header.frame_id))
+
+    def _cloud(self, msg):
+        t = self._store.types
+        fields = [t["sensor_msgs/msg/PointField"](name=str(f.name), offset=int(f.offset), datatype=int(f.datatype),
+                                                   count=int(f.count)) for f in msg.fields]
+        return t["sensor_msgs/msg/PointCloud2"](
+            header=self._header(msg), height=int(msg.height), width=int(msg.width), fields=fields,
+            is_bigendian=bool(msg.is_bigendian), point_step=int(msg.point_step), row_step=int(msg.row_step),
+            data=np.frombuffer(bytes(msg.data), np.uint8), is_dense=bool(msg.is_dense))
+
+    def _image(self, msg):
+        t = self._store.types
+        header = self._header(msg)
         return t["sensor_msgs/msg/Image"](
             header=header, height=int(msg.height), width=int(msg.width), encoding=str(msg.encoding),
             is_bigendian=int(msg.is_bigendian), step=int(msg.step), data=np.frombuffer(bytes(msg.data), np.uint8))

@@ -43,7 +43,7 @@ from .bagio import InputBag, OutputBag
 from .offline import decode_labels
 from . import topics as topics_lib
 from .bagio import COMPRESSED_TYPE
-from .run import OUTPUT_BAG, OUTPUT_TOPICS, REPORT_JSON, REPORT_MD, _path_or_none, closed_drops
+from .run import IMAGE_OUTPUTS, OUTPUT_BAG, OUTPUT_TOPICS, REPORT_JSON, REPORT_MD, _path_or_none, closed_drops
 from .scoring import Scorer
 
 START_TIMEOUT_S = 180.0  # node start-up: torch, SAM2, model build and warm-up on a busy 2-core machine
@@ -73,7 +73,7 @@ def replay_live(bag_path, config: NodeConfig, *, drops: Sequence[Drop] = (), out
         output = None
         if write_bag and out is not None:
             storage = bag.storage if bag.storage in ("mcap", "sqlite3") else "mcap"
-            output = OutputBag(Path(out) / OUTPUT_BAG, storage, OUTPUT_TOPICS.values(), custom_data={
+            output = OutputBag(Path(out) / OUTPUT_BAG, storage, IMAGE_OUTPUTS.values(), custom_data={
                 "mmseg.replay_of": str(bag.path), "mmseg.mode": "live", "mmseg.card": config.card.name})
         try:
             with _Peer(node_topics, compressed) as peer, (output if output is not None else contextlib.nullcontext()):
@@ -155,10 +155,10 @@ class _Peer:
         self.publishers = {m: self.node.create_publisher(CompressedImage if m in compressed else Image, t, reliable)
                            for m, t in topics.items()}
         self.lock = threading.Lock()
-        self.outputs: Dict[str, List] = {kind: [] for kind in OUTPUT_TOPICS}  # (arrival ns, message), not yet taken
+        self.outputs: Dict[str, List] = {kind: [] for kind in IMAGE_OUTPUTS}  # (arrival ns, message), not yet taken
         self.last_output = time.monotonic()
         self.newest_labels_ns: Optional[int] = None
-        for kind, topic in OUTPUT_TOPICS.items():
+        for kind, topic in IMAGE_OUTPUTS.items():
             self.node.create_subscription(Image, topic, lambda msg, kind=kind: self._record(kind, msg),
                                           QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
         self.class_names: List[str] = []
@@ -185,7 +185,7 @@ class _Peer:
     def take(self) -> Dict[str, List]:
         """The outputs received since the last call."""
         with self.lock:
-            taken, self.outputs = self.outputs, {kind: [] for kind in OUTPUT_TOPICS}
+            taken, self.outputs = self.outputs, {kind: [] for kind in IMAGE_OUTPUTS}
         return taken
 
     def wait_ready(self, proc: Optional[subprocess.Popen], timeout: float) -> None:

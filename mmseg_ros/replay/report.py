@@ -12,6 +12,8 @@
      "conditions": {name: <scores>},
      "windows": [{"drop", "modality", "start_s", "end_s", "frames", "used": {m: n}, "miou"}],
      "outside_windows": {"frames", "miou"},
+     "points": {"clouds", "clouds_scored", "points_scored", "overall": <scores>, "windows": [{"drop", "miou"}],
+                "outside_windows": {"miou"}},         # painted LiDAR points vs their true class (outputs.points)
      "latency_ms": {stage: {"p50", "p95", "mean", "count"}},   # decode, sync_wait, preprocess, forward, ...
      "speed": {"wall_s", "frames_per_s", "realtime_factor"},
      "sync": Synchronizer stats, "output_bag": {path, storage, counts}}
@@ -73,6 +75,22 @@ def windows_section(scorer: Scorer) -> Dict:
     return out
 
 
+def points_section(scorer: Scorer, class_names: Sequence[str]) -> Dict:
+    """Point-level scores of painted clouds (absent when no cloud was painted)."""
+    if not scorer.clouds:
+        return {}
+    entry: Dict = {"clouds": scorer.clouds, "clouds_scored": scorer.clouds_scored,
+                   "points_scored": scorer.points_labelled}
+    if scorer.points.total:
+        entry["overall"] = scores_entry(scorer.points, class_names)
+        entry["windows"] = [{"drop": w.drop.label, "miou": m.scores().miou if m.total else None}
+                            for w, m in zip(scorer.windows, scorer.point_windows)]
+        if scorer.windows:
+            entry["outside_windows"] = {
+                "miou": scorer.points_outside.scores().miou if scorer.points_outside.total else None}
+    return {"points": entry}
+
+
 # ------------------------------------------------------------------------------------------------------- Markdown
 def to_markdown(report: Mapping, per_class: bool = True) -> str:
     model, bag, frames = report["model"], report["bag"], report["frames"]
@@ -110,6 +128,21 @@ def to_markdown(report: Mapping, per_class: bool = True) -> str:
         if outside:
             rows.append(["outside the windows", str(outside["frames"]), *[""] * len(mods), _num(outside["miou"])])
         lines.append(markdown_table(["Window", "Frames", *[f"used {m}" for m in mods], "mIoU"], rows))
+    points = report.get("points")
+    if points:
+        lines += ["", "### Painted LiDAR points", ""]
+        if "overall" in points:
+            rows = [["all clouds", str(points["clouds_scored"]), str(points["points_scored"]),
+                     _num(points["overall"]["miou"])]]
+            rows += [[f"during {w['drop']}", "", "", _num(w["miou"])] for w in points.get("windows", [])]
+            outside = points.get("outside_windows")
+            if outside:
+                rows.append(["outside the windows", "", "", _num(outside["miou"])])
+            lines.append(markdown_table(["Clouds", "Scored", "Labelled points", "point mIoU"], rows))
+            lines += ["", "Scored: the points the camera sees (the others are unlabeled), against each point's true "
+                          "class."]
+        else:
+            lines.append(f"{points['clouds']} clouds painted; no per-point ground truth (gt_label) to score them.")
     latency = report.get("latency_ms") or {}
     if latency:
         lines += ["", "### Latency per stage (ms)", ""]

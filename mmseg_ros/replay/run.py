@@ -21,13 +21,15 @@ from ..pipeline.config import NODE_NAME, NodeConfig
 from ..sync import stamp_to_ns
 from . import report as report_lib
 from . import topics as topics_lib
-from .bagio import InputBag, OutputBag
+from .bagio import IMAGE_TYPE, POINTS_TYPE, InputBag, OutputBag
 from .offline import OfflineReplay, decode_labels
 from .scoring import Scorer
 
 OUTPUT_BAG = "segmented"
 REPORT_JSON, REPORT_MD = "report.json", "report.md"
-OUTPUT_TOPICS = {kind: f"/{NODE_NAME}/{kind}" for kind in ("labels", "confidence", "color")}
+OUTPUT_TOPICS = {kind: f"/{NODE_NAME}/{kind}" for kind in ("labels", "confidence", "color", "points")}
+OUTPUT_TYPES = {topic: POINTS_TYPE if kind == "points" else IMAGE_TYPE for kind, topic in OUTPUT_TOPICS.items()}
+IMAGE_OUTPUTS = {kind: topic for kind, topic in OUTPUT_TOPICS.items() if OUTPUT_TYPES[topic] == IMAGE_TYPE}
 
 
 def replay_offline(bag_path, config: NodeConfig, *, drops: Iterable[Drop] = (), out=None, storage: Optional[str] = None,
@@ -52,9 +54,9 @@ def replay_offline(bag_path, config: NodeConfig, *, drops: Iterable[Drop] = (), 
         stage_ms: Dict[str, list] = {s: [] for s in report_lib.STAGES}
         output = None
         if write_bag and out is not None:
-            output = OutputBag(Path(out) / OUTPUT_BAG, storage or _storage_of(bag),
-                               OUTPUT_TOPICS.values(), custom_data={"mmseg.replay_of": str(bag.path),
-                                                                    "mmseg.card": config.card.name})
+            output = OutputBag(Path(out) / OUTPUT_BAG, storage or _storage_of(bag), OUTPUT_TOPICS.values(),
+                               types=OUTPUT_TYPES, custom_data={"mmseg.replay_of": str(bag.path),
+                                                                "mmseg.card": config.card.name})
 
         def on_frame(frame: SegmentedSet) -> None:
             begin = time.perf_counter()
@@ -68,9 +70,11 @@ def replay_offline(bag_path, config: NodeConfig, *, drops: Iterable[Drop] = (), 
             stage_ms["total"].append(frame.timing["total"] + encode)
             time_s = replay.seconds(frame.arrival_ns)
             scorer.add_frame(frame, time_s)
+            if frame.points is not None:
+                scorer.add_points(frame.points, time_s)
             if watch is not None:
                 watch(frame, time_s)
-            frame.labels = frame.confidence = frame.color = frame.images = None  # scored and written: let them go
+            frame.labels = frame.confidence = frame.color = frame.images = frame.points = None  # done: let go
 
         replay = OfflineReplay(segmenter, config, bag.start_ns, drops, output_size=output_size,
                                color=output is not None and config.publish_color, on_frame=on_frame,
@@ -163,6 +167,7 @@ def _document(bag, config, segmenter, inputs, drops, score_size, replay, scorer,
     }
     doc.update(report_lib.scores_section(scorer, config.card.class_names))
     doc.update(report_lib.windows_section(scorer))
+    doc.update(report_lib.points_section(scorer, config.card.class_names))
     doc["latency_ms"] = {stage: report_lib.latency_entry(stage_ms[stage]) for stage in report_lib.STAGES}
     doc["speed"] = {"wall_s": wall, "frames_per_s": replay.frames / wall if wall > 0 else 0.0,
                     "realtime_factor": duration / wall if wall > 0 else 0.0}

@@ -18,8 +18,11 @@ import numpy as np
 
 from ..evaluation.metrics import ConfusionMatrix
 from ..evaluation.subsets import subset_code
+from ..data.synthetic.bag import GT_LABEL_FIELD as TRUTH_FIELD
 from ..drops import Drop
+from ..msgs import label_encoding
 from ..pipeline import SegmentedSet
+from ..pipeline.painting import LABEL_FIELD
 
 ALL = "all"
 
@@ -57,6 +60,13 @@ class Scorer:
         self.labels_seen = 0
         self._truth: List[Tuple[int, np.ndarray]] = []  # (stamp, labels), sorted by stamp
         self._waiting: List[Tuple[SegmentedSet, np.ndarray, float]] = []  # predictions whose truth may still come
+        # Painted LiDAR clouds scored against each point's own true class (a generated bag's gt_label field).
+        self.points = ConfusionMatrix(num_classes)
+        self.point_windows = [ConfusionMatrix(num_classes) for _ in self.drops]
+        self.points_outside = ConfusionMatrix(num_classes)
+        self.clouds = 0  # painted clouds seen
+        self.clouds_scored = 0  # of those, with per-point truth
+        self.points_labelled = 0  # points with a label (seen by the camera), the ones scored
         self._newest_ns: Optional[int] = None
 
     # -- input ----------------------------------------------------------------------------------------------------
@@ -93,6 +103,21 @@ class Scorer:
         else:
             self._score(frame, frame.labels, truth, time_s)
         self._advance(frame.stamp_ns)
+
+    def add_points(self, painted: np.ndarray, time_s: float) -> None:
+        """A painted cloud (pipeline.painting) of the set whose anchor arrived `time_s` after the start: its
+        labelled points against their `gt_label` when the cloud has it."""
+        self.clouds += 1
+        if TRUTH_FIELD not in (painted.dtype.names or ()):
+            return
+        labelled = painted[LABEL_FIELD] != label_encoding(self.num_classes)[1]
+        single = ConfusionMatrix(self.num_classes).update(painted[LABEL_FIELD][labelled],
+                                                         painted[TRUTH_FIELD][labelled].astype(np.int64))
+        self.clouds_scored += 1
+        self.points_labelled += int(labelled.sum())
+        inside = [i for i, d in enumerate(self.drops) if d.during(time_s)]
+        for matrix in [self.points, *([self.point_windows[i] for i in inside] or [self.points_outside])]:
+            matrix.merge(single)
 
     @property
     def unscored(self) -> int:

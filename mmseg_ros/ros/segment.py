@@ -108,6 +108,8 @@ class SegmentNodeCore:
             self._publishers["confidence"] = pub(Image, "~/confidence", out_qos)
         if cfg.publish_color:
             self._publishers["color"] = pub(Image, "~/color", out_qos)
+        if cfg.publish_points:
+            self._publishers["points"] = pub(PointCloud2, "~/points", out_qos)
         self._publishers["class_names"] = pub(String, "~/class_names", latched)
         self._publishers["diagnostics"] = pub(DiagnosticArray, "/diagnostics", 10)
         self._publishers["class_names"].publish(String(data=self._class_names_json()))

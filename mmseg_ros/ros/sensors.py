@@ -12,7 +12,7 @@ Topics (relative, so `--ros-args -r __ns:=/car` and remaps apply) and encodings:
     depth/image        sensor_msgs/Image 32FC1 metres    with the camera; 0 = no value
     event/image        sensor_msgs/Image rgb8            event rate (20 Hz); ch 0 positive, ch 1 negative counts
     lidar/image        sensor_msgs/Image 32FC1 metres    LiDAR rate (10 Hz, 25 ms after the camera); 0 = no return
-    lidar/points       sensor_msgs/PointCloud2           --points: x, y, z, intensity float32, scanner frame
+    lidar/points       sensor_msgs/PointCloud2           --points: x, y, z, intensity float32, gt_label uint8
     rgb/camera_info    sensor_msgs/CameraInfo            --points: with every rgb image
     gt/labels          sensor_msgs/Image mono8           --gt: DELIVER train ids, 255 = ignore
 

@@ -5,7 +5,8 @@ Topics (absolute; the node's defaults are the same names relative to its namespa
     /depth/image        sensor_msgs/Image 32FC1 metres   camera rate (0 = no value)
     /event/image        sensor_msgs/Image rgb8           event rate (ch 0 positive, ch 1 negative counts x k)
     /lidar/image        sensor_msgs/Image 32FC1          LiDAR rate (camera z-depth of returns, 0 = none)
-    /lidar/points       sensor_msgs/PointCloud2          x, y, z, intensity float32 in the scanner frame
+    /lidar/points       sensor_msgs/PointCloud2          x, y, z, intensity float32 in the scanner frame,
+                                                         gt_label uint8 (each point's true class)
     /rgb/camera_info    sensor_msgs/CameraInfo           with every rgb image
     /gt/labels          sensor_msgs/Image mono8          DELIVER train ids, 255 = ignore (ground truth)
 With `compressed=True` the drive is recorded as vehicles usually record one: the camera as CompressedImage JPEG
@@ -25,7 +26,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Optional
 
 import numpy as np
 from rosbags.rosbag2 import StoragePlugin, Writer
@@ -40,9 +41,24 @@ LABELS_TOPIC = "/gt/labels"
 # Transport latency per sensor (s): log time = header stamp + latency.
 LATENCY_S = {"rgb": 0.004, "depth": 0.006, "event": 0.002, "lidar": 0.012}
 _POINT_FIELDS = ("x", "y", "z", "intensity")
+# Each LiDAR point's true class (DELIVER train id, 255 = clutter), from the generator's ray casting: scoring painted
+# clouds needs it; consumers that do not know the field ignore it.
+GT_LABEL_FIELD = "gt_label"
 # Image encoding of each stream on the wire; the live publisher (mmseg sensors) sends the same, so a model trained on
 # the tree runs on bags and live data alike.
 ENCODINGS = {"rgb": "rgb8", "depth": "32FC1", "event": "rgb8", "lidar": "32FC1", "labels": "mono8"}
+
+
+def cloud_records(xyzi: np.ndarray, labels: Optional[np.ndarray] = None) -> np.ndarray:
+    """The synthetic LiDAR's PointCloud2 records: x, y, z, intensity (float32) and, when known, gt_label (uint8). One
+    layout for bags and the live publisher."""
+    fields = [(name, "<f4") for name in _POINT_FIELDS] + ([(GT_LABEL_FIELD, "u1")] if labels is not None else [])
+    records = np.zeros(len(xyzi), dtype=fields)
+    for column, name in enumerate(_POINT_FIELDS):
+        records[name] = xyzi[:, column]
+    if labels is not None:
+        records[GT_LABEL_FIELD] = labels
+    return records
 
 
 def topic(modality: str) -> str:
@@ -144,13 +160,15 @@ class _Messages:
                     rotation=t["geometry_msgs/msg/Quaternion"](x=x, y=y, z=z, w=w))))
         return self.store.serialize_cdr(t["tf2_msgs/msg/TFMessage"](transforms=items), "tf2_msgs/msg/TFMessage")
 
-    def points(self, xyzi: np.ndarray, stamp_ns: int, frame_id: str) -> bytes:
+    def points(self, records: np.ndarray, stamp_ns: int, frame_id: str) -> bytes:
         field = self.t["sensor_msgs/msg/PointField"]
-        data = np.ascontiguousarray(xyzi, np.float32)
-        fields = [field(name=n, offset=4 * i, datatype=field.FLOAT32, count=1) for i, n in enumerate(_POINT_FIELDS)]
+        datatype = {code: kind for kind, code in codecs.POINT_FIELD_DTYPES.items()}
+        fields = [field(name=n, offset=records.dtype.fields[n][1], count=1,
+                        datatype=datatype[records.dtype[n].str.lstrip("<>|=")]) for n in records.dtype.names]
+        data = np.ascontiguousarray(records)
         msg = self.t["sensor_msgs/msg/PointCloud2"](
             header=self.header(stamp_ns, frame_id), height=1, width=len(data), fields=fields, is_bigendian=False,
-            point_step=data.shape[1] * 4, row_step=data.nbytes, data=np.frombuffer(data.tobytes(), np.uint8),
+            point_step=records.dtype.itemsize, row_step=data.nbytes, data=data.view(np.uint8).reshape(-1).copy(),
             is_dense=True)
         return self.store.serialize_cdr(msg, "sensor_msgs/msg/PointCloud2")
 
@@ -273,7 +291,8 @@ def _frame_records(frame: dict, msgs: _Messages, dropped: set, points: bool, com
             image("lidar", "lidar", metres(frame["lidar"]))
         if points:
             add("lidar", "points", stamps["lidar"],
-                msgs.points(frame["lidar_points"], stamps["lidar"], ids["lidar_points"]))
+                msgs.points(cloud_records(frame["lidar_points"], frame.get("lidar_point_labels")), stamps["lidar"],
+                            ids["lidar_points"]))
     if "event" not in dropped:
         events = frame.get("events") or [(meta["time"], frame["event"])]
         for stamp, (_, image) in zip(stamps["event"][-len(events):], events):

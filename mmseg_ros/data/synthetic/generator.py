@@ -10,6 +10,7 @@ publisher, training) shares:
     lidar   (S, S)    float32    depth (camera z, metres) of the LiDAR returns projected into the camera; 0 = none
     labels  (S, S)    uint8      DELIVER train ids; 255 = ignore
     lidar_points (N, 4) float32  x, y, z, intensity in the scanner's frame at its own time
+    lidar_point_labels (N,) uint8  the true class of each of those points (255 = clutter, no surface)
     meta    dict                 times, condition, failure, intrinsics, extrinsics, frame ids
 
 Everything random comes from the seed, the frame index and a fixed stream number, so any frame can be rendered
@@ -96,13 +97,13 @@ class SceneGenerator:
         events = [(end, self._events(index, windows - 1 - j)) for j, end in enumerate(event_ends)
                   if all_events or j == windows - 1]
         lidar_time = t + rates.lidar_offset_s
-        points = self._scan(index, lidar_time)
+        points, point_labels = self._scan(index, lidar_time)
         lidar = sensors.project_points(points, self.camera_from_lidar, self.intrinsics, self.cfg.rig.lidar.max_range_m)
         meta = self._meta(index, t, lidar_time)
         meta["stamps"] = self._stamps(index, t, lidar_time, event_ends)
         # Copies: the view stays cached for the next frame's event window and must not change under the caller.
         frame = dict(rgb=rgb, depth=view.depth.copy(), event=events[-1][1], lidar=lidar, labels=view.labels.copy(),
-                     lidar_points=points, meta=meta)
+                     lidar_points=points, lidar_point_labels=point_labels, meta=meta)
         if all_events:
             frame["events"] = events
         return frame
@@ -182,10 +183,11 @@ class SceneGenerator:
         grid = ScanGrid(ego.compose(mount), self.elevations, self.azimuths)
         hits = cast(grid, solids)
         material = textures.materials(hits, solids, self.street.layout, crossings)
+        classes = textures.labels(hits, solids, self.street.layout, crossings)
         incidence = (grid.dirs * hits.normal).sum(-1)
         local_dirs = grid.dirs @ grid.pose.rotation  # beam directions in the scanner's own frame
         return sensors.returns(hits.t, local_dirs, textures.reflectivity(material), incidence, lidar_cfg, self.cond,
-                               range_noise, self._rng(index, _LIDAR))
+                               range_noise, self._rng(index, _LIDAR), classes=classes)
 
     def _stamps(self, index: int, time: float, lidar_time: float, event_ends) -> dict:
         """Header stamps (integer ns since the epoch) per sensor: nominal time + start offset + small jitter. Every

@@ -125,7 +125,7 @@ def build_schedule(frames: Sequence[dict], rate_scale: float, points: bool, gt: 
         add("depth", "depth", stamp["depth"], *image(metres(frame["depth"]), "depth", ids["depth"]))
         add("lidar", "lidar", stamp["lidar"], *image(metres(frame["lidar"]), "lidar", ids["lidar"]))
         if points:
-            cloud = _structured_points(frame["lidar_points"])
+            cloud = bag.cloud_records(frame["lidar_points"], frame.get("lidar_point_labels"))
             add("lidar", "points", stamp["lidar"],
                 msgs.numpy_to_pointcloud(cloud, msgs.Header(frame_id=ids["lidar_points"]), ros=ros))
         events = frame.get("events") or [(meta["time"], frame["event"])]
@@ -142,12 +142,6 @@ def _camera_hz() -> float:
     from . import config
 
     return float(config.load().rig.rates.camera_hz)
-
-
-def _structured_points(xyzi: np.ndarray) -> np.ndarray:
-    xyzi = np.ascontiguousarray(xyzi, np.float32)
-    dtype = np.dtype([(name, "<f4") for name in ("x", "y", "z", "intensity")])
-    return xyzi.view(dtype).reshape(-1)
 
 
 def bad_variant(slot: Slot, kind: str, previous_stamp_ns: Optional[int], stamp_ns: int, ros: bool | None = None):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from ...classes import IGNORE_INDEX
 from .camera import Intrinsics, Pose
 
 LUMA = np.array([0.2126, 0.7152, 0.0722], np.float32)
@@ -115,8 +116,9 @@ def jittered_mount(mount: Pose, jitter_cfg, rng) -> Pose:
     return Pose(mount.rotation @ rotation, mount.position + shift)
 
 
-def returns(ranges, local_dirs, reflect, incidence, lidar_cfg, cond, range_noise, rng):
-    """Measured points (N, 4: x, y, z, intensity) in the scanner's frame from true ranges along its beams."""
+def returns(ranges, local_dirs, reflect, incidence, lidar_cfg, cond, range_noise, rng, classes=None):
+    """Measured points (N, 4: x, y, z, intensity) in the scanner's frame from true ranges along its beams; with
+    `classes` (train id per beam) also each point's true class (IGNORE_INDEX for clutter: it hit no surface)."""
     r = ranges.copy()
     valid = np.isfinite(r) & (r <= lidar_cfg.max_range_m)
     r = r + rng.standard_normal(r.shape) * range_noise
@@ -135,7 +137,13 @@ def returns(ranges, local_dirs, reflect, incidence, lidar_cfg, cond, range_noise
         valid |= spurious
     valid &= r > 0.3
     xyz = local_dirs[valid] * r[valid][:, None]
-    return np.concatenate([xyz, intensity[valid][:, None]], axis=1).astype(np.float32)
+    points = np.concatenate([xyz, intensity[valid][:, None]], axis=1).astype(np.float32)
+    if classes is None:
+        return points
+    truth = np.asarray(classes, np.uint8).copy()
+    if clutter > 0:
+        truth[spurious] = IGNORE_INDEX
+    return points, truth[valid]
 
 
 def project_points(points_lidar, camera_from_lidar: Pose, intrinsics: Intrinsics, max_range: float) -> np.ndarray:

@@ -154,6 +154,17 @@ def ground_classes(points, layout: Layout, crossings):
     return label, material, marking & center & layout.two_tone_center
 
 
+def labels(hits: Hits, solids: Solids, layout: Layout, crossings) -> np.ndarray:
+    """DELIVER train id per ray (Sky where nothing was hit), without the cost of textures: the class of each LiDAR
+    return, from the same surfaces the camera's labels come from."""
+    label = np.full(hits.t.shape, label_id("Sky"), np.uint8)
+    ground = hits.index == GROUND
+    label[ground] = ground_classes(hits.local[ground], layout, crossings)[0]
+    solid = hits.index >= 0
+    label[solid] = solids.label[hits.index[solid]]
+    return label
+
+
 def materials(hits: Hits, solids: Solids, layout: Layout, crossings) -> np.ndarray:
     """Material per ray (-1 for sky), without the cost of textures (for the LiDAR)."""
     material = np.full(hits.t.shape, -1, np.int16)
