@@ -109,8 +109,19 @@ def test_replay_scores_painted_points_and_writes_them(tmp_path):
     drive = tmp_path / "drive"
     generator = SceneGenerator(2, SIZE)
     bag.write_drive_bag(drive, [generator.render_frame(i) for i in range(8)])
+    from mmseg_ros.replay import pictures
+
     values = {"model.card": TINY, "inputs.lidar_source": "points", "outputs.points": True}
-    report = replay_offline(drive, NodeConfig.from_values(values), out=tmp_path / "out", progress=False)
+    config = NodeConfig.from_values(values)
+    recorder = pictures.Recorder(config.card.class_set, config.modalities, tile=64)
+    report = replay_offline(drive, config, out=tmp_path / "out", progress=False, watch=recorder)
+    bird_eye = recorder.frames[0].points  # the painted points from above, in class colours
+    assert bird_eye.shape == (64, 64, 3)
+    palette = {tuple(c) for c in config.card.class_set.colors}
+    coloured = {tuple(p) for p in bird_eye.reshape(-1, 3)} & palette
+    assert coloured, "no painted point in the bird's-eye view"
+    sheet = recorder.contact_sheet(tmp_path / "sheet.png")
+    assert sheet.is_file()
     points = report["points"]
     assert points["clouds"] == points["clouds_scored"] == report["frames"]["processed"] > 0
     assert points["points_scored"] > 0 and 0 <= points["overall"]["miou"] <= 100

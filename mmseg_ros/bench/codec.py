@@ -17,6 +17,8 @@ def configure(parser):
     parser.add_argument("--points", type=int, default=100_000, help="PointCloud2 points (default 100000)")
     parser.add_argument("--repeat", type=int, default=7, help="timed runs per cell; the median is printed")
     parser.add_argument("--encodings", nargs="+", default=list(ENCODINGS), metavar="ENCODING")
+    parser.add_argument("--paint-points", type=int, nargs="+", default=[100_000, 250_000], metavar="N",
+                        help="cloud sizes for painting (outputs.points; default 100000 250000)")
     parser.add_argument("--compressed-size", default="1920x1200", metavar="WxH",
                         help="CompressedImage size (default 1920x1200)")
 
@@ -99,8 +101,41 @@ def main(args) -> int:
           f"{camera.width}x{camera.height} camera: {np.count_nonzero(image)} pixels hit; median of {args.repeat} runs")
     print(markdown_table(["step", "ms"], [[name, median_ms(time_call(fn, args.repeat))] for name, fn in steps]))
     print()
+    _painting(args, rng, camera, lidar_to_camera)
+    print()
     _compressed(args, rng)
     return 0
+
+
+def _painting(args, rng, camera, lidar_to_camera) -> None:
+    """outputs.points: the per-point projection (instead of the image-only one) and painting the cloud with the
+    outputs (a gather over the projected pixels plus the record copy), per cloud size."""
+    import numpy as np
+
+    from .. import msgs
+    from ..pipeline import painting
+    from ..reporting import markdown_table, median_ms
+    from .timing import time_call
+
+    labels = rng.integers(0, 25, (camera.height, camera.width)).astype(np.uint8)
+    confidence = rng.random((camera.height, camera.width)).astype(np.float32)
+    rows = []
+    for count in args.paint_points:
+        cloud = _scan(count, rng)
+        xyz = msgs.cloud_xyz(cloud)
+        projection = msgs.project_cloud(xyz, camera, lidar_to_camera)
+        painted = painting.paint(cloud, projection, labels, confidence, 25)
+        rows.append([
+            count, int(projection.visible.sum()),
+            median_ms(time_call(lambda: msgs.project_points(xyz, camera, lidar_to_camera), args.repeat)),
+            median_ms(time_call(lambda: msgs.project_cloud(xyz, camera, lidar_to_camera), args.repeat)),
+            median_ms(time_call(lambda: painting.paint(cloud, projection, labels, confidence, 25), args.repeat)),
+            median_ms(time_call(lambda: msgs.numpy_to_pointcloud(painted), args.repeat)),
+        ])
+    print(f"Painting LiDAR points (outputs.points) into {camera.width}x{camera.height} outputs, median of "
+          f"{args.repeat} runs, ms")
+    print(markdown_table(["points", "labelled", "project (image only)", "project (per point)", "paint",
+                          "encode painted cloud"], rows))
 
 
 def _compressed(args, rng) -> None:

@@ -24,6 +24,7 @@ TEXT = (235, 235, 235)
 USED, ABSENT = (40, 170, 80), (150, 40, 40)
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 TRUTH_SLOP_NS = 50_000_000
+BIRD_EYE_REACH_M = 40.0  # the bird's-eye tile shows this far ahead of the LiDAR
 
 
 @dataclass
@@ -37,6 +38,7 @@ class Tiles:
     overlay: np.ndarray
     confidence: np.ndarray
     sensors: np.ndarray
+    points: Optional[np.ndarray] = None  # bird's-eye view of the painted LiDAR points (outputs.points)
 
 
 class Recorder:
@@ -60,8 +62,32 @@ class Recorder:
         confidence = cv2.resize(confidence, size, interpolation=cv2.INTER_AREA)
         overlay = labels if CAMERA not in frame.used else \
             (0.55 * labels + 0.45 * camera.astype(np.float32)).astype(np.uint8)
+        points = None if frame.points is None else self._bird_eye(frame.points)
         self.frames.append(Tiles(frame.stamp_ns, time_s, frame.anchor, frame.used, camera, labels, overlay,
-                                 confidence, self._sensors(frame, time_s)))
+                                 confidence, self._sensors(frame, time_s), points))
+
+    def _bird_eye(self, painted: np.ndarray, reach_m: float = BIRD_EYE_REACH_M) -> np.ndarray:
+        """Painted points seen from above in the LiDAR's frame (x forward = up, y left = left), each in its class
+        colour; unlabeled points (outside the camera's view) grey. `reach_m` metres ahead fill the tile."""
+        tile = np.full((self.tile, self.tile, 3), BACKGROUND, np.uint8)
+        x, y = painted["x"].astype(np.float64), painted["y"].astype(np.float64)
+        scale = (self.tile - 1) / reach_m
+        with np.errstate(invalid="ignore"):
+            row = np.floor(self.tile - 1 - x * scale).astype(np.int64, copy=False)
+            col = np.floor(self.tile / 2 - y * scale).astype(np.int64, copy=False)
+            inside = np.isfinite(x) & np.isfinite(y) & (row >= 0) & (row < self.tile) & (col >= 0) & (col < self.tile)
+        label = painted["label"].astype(np.int64)
+        labelled = label < len(self.class_set.colors)
+        palette = np.asarray(self.class_set.colors, np.uint8)
+        grey = inside & ~labelled  # drawn first: the camera's labelled points go on top
+        shown = inside & labelled
+        for dr, dc in ((0, 0), (0, 1), (1, 0), (1, 1)):  # 2x2 dots: one pixel per point is hard to see
+            r, c = np.minimum(row + dr, self.tile - 1), np.minimum(col + dc, self.tile - 1)
+            tile[r[grey], c[grey]] = (90, 90, 90)
+        for dr, dc in ((0, 0), (0, 1), (1, 0), (1, 1)):
+            r, c = np.minimum(row + dr, self.tile - 1), np.minimum(col + dc, self.tile - 1)
+            tile[r[shown], c[shown]] = palette[label[shown]]
+        return tile
 
     def _sensors(self, frame: SegmentedSet, time_s: float) -> np.ndarray:
         """One bar per modality: green when the engine received it, red when not."""
@@ -105,7 +131,9 @@ class Recorder:
                       truth: Optional[Dict[int, np.ndarray]] = None) -> Path:
         """`truth`: ground-truth label images by stamp (a column is added for the frames that have one)."""
         picked = self.pick(drops)
-        columns = ("camera", *(("ground truth",) if truth else ()), "labels", "confidence", "sensors used")
+        bird_eye = any(t.points is not None for t in picked)
+        columns = ("camera", *(("ground truth",) if truth else ()), "labels", "confidence", "sensors used",
+                   *(("LiDAR points, top",) if bird_eye else ()))
         gap, margin, header = 4, 110, 22
         width = margin + len(columns) * (self.tile + gap)
         height = header + len(picked) * (self.tile + gap) + (18 if title else 0)
@@ -123,6 +151,9 @@ class Recorder:
             for k, line in enumerate(lines):
                 cv2.putText(sheet, line, (4, y + 20 + 16 * k), FONT, 0.42, TEXT, 1, cv2.LINE_AA)
             images = [tiles.camera, tiles.labels, tiles.confidence, tiles.sensors]
+            if bird_eye:
+                images.append(tiles.points if tiles.points is not None else
+                              _caption(np.full((self.tile, self.tile, 3), 60, np.uint8), "no cloud", 0.45))
             if truth:
                 nearest = min(truth, key=lambda stamp: abs(stamp - tiles.stamp_ns))
                 near = abs(nearest - tiles.stamp_ns) <= TRUTH_SLOP_NS  # a depth-anchored frame is ~1 ms off
