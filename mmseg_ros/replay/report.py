@@ -22,6 +22,8 @@
 from __future__ import annotations
 
 import statistics
+
+import numpy as np
 from typing import Dict, List, Mapping, Optional, Sequence
 
 from ..reporting import percentile
@@ -83,6 +85,15 @@ def points_section(scorer: Scorer, class_names: Sequence[str]) -> Dict:
                    "points_scored": scorer.points_labelled}
     if scorer.points.total:
         entry["overall"] = scores_entry(scorer.points, class_names)
+        # Like with like: a LiDAR returns no sky, so a point mIoU lacks classes the pixel mIoU has; both means over
+        # the classes that occur in the points' truth tell painting errors from that.
+        seen = np.flatnonzero(scorer.points.matrix.sum(axis=1) > 0)
+        entry["lidar_classes"] = [class_names[i] for i in seen]
+        point_iou = scorer.points.scores().iou
+        entry["miou_lidar_classes"] = float(np.mean(np.nan_to_num(point_iou[seen]))) if seen.size else None
+        if scorer.overall.total:
+            pixel_iou = scorer.overall.scores().iou
+            entry["pixel_miou_lidar_classes"] = float(np.mean(np.nan_to_num(pixel_iou[seen]))) if seen.size else None
         entry["windows"] = [{"drop": w.drop.label, "miou": m.scores().miou if m.total else None}
                             for w, m in zip(scorer.windows, scorer.point_windows)]
         if scorer.windows:
@@ -141,6 +152,10 @@ def to_markdown(report: Mapping, per_class: bool = True) -> str:
             lines.append(markdown_table(["Clouds", "Scored", "Labelled points", "point mIoU"], rows))
             lines += ["", "Scored: the points the camera sees (the others are unlabeled), against each point's true "
                           "class."]
+            if points.get("pixel_miou_lidar_classes") is not None:
+                lines.append(f"Over the {len(points['lidar_classes'])} classes the LiDAR returned (a LiDAR sees no "
+                             f"sky): point mIoU {_num(points['miou_lidar_classes'])}, pixel mIoU "
+                             f"{_num(points['pixel_miou_lidar_classes'])}.")
         else:
             lines.append(f"{points['clouds']} clouds painted; no per-point ground truth (gt_label) to score them.")
     latency = report.get("latency_ms") or {}
