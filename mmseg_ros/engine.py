@@ -143,11 +143,10 @@ class Segmenter:
         (1024 px, 25 classes: ~450 ms vs ~110 ms on 2 CPU cores) for no information the model has. On the CPU
         `upsample_argmax` gives the same result without upsampling K maps; on CUDA the full upsampling runs on the
         device and only the labels (already narrowed to their dtype) and the confidence are copied back."""
-        probabilities = torch.softmax(logits.float(), dim=1)
         dtype = np.uint8 if self.num_classes <= MAX_UINT8_CLASSES else np.uint16
-        if probabilities.device.type == "cpu":
-            hwk = np.ascontiguousarray(probabilities[0].permute(1, 2, 0).numpy())
-            return upsample_argmax(hwk, size, dtype)
+        if logits.device.type == "cpu":
+            return upsample_argmax(softmax_hwk(logits[0].float().permute(1, 2, 0).numpy()), size, dtype)
+        probabilities = torch.softmax(logits.float(), dim=1)
         height, width = size
         if tuple(probabilities.shape[-2:]) != (height, width):
             probabilities = F.interpolate(probabilities, size=(height, width), mode="bilinear", align_corners=False)
@@ -188,6 +187,32 @@ def _taps(n_out: int, n_in: int):
     second = np.minimum(first + 1, n_in - 1)
     weight = (position - first).astype(np.float32)
     return first, second, np.float32(1.0) - weight, weight
+
+
+def softmax_hwk(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis of (h, w, K) logits, as a new contiguous float32 array. In numpy: torch's softmax
+    over the class dimension of (1, K, h, w) took ~8 ms for 25 x 128 x 128 on two busy cores, this ~1 ms."""
+    probabilities = np.array(logits, dtype=np.float32, order="C")  # a copy: never the caller's buffer
+    probabilities -= probabilities.max(axis=2, keepdims=True)
+    np.exp(probabilities, out=probabilities)
+    probabilities /= probabilities.sum(axis=2, keepdims=True)
+    return probabilities
+
+
+def _bilinear(corners, a0, a1, b0, b1) -> np.ndarray:
+    """(v00 * a0 + v01 * a1) * b0 + (v10 * a0 + v11 * a1) * b1 for the four (M, N) corner arrays and (N,) weights,
+    in place where it can be (the order of cv2.resize's float bilinear: along x, then along y)."""
+    v00, v01, v10, v11 = corners
+    top = v00 * a0
+    scratch = v01 * a1
+    top += scratch
+    top *= b0
+    bottom = np.multiply(v10, a0)
+    np.multiply(v11, a1, out=scratch)
+    bottom += scratch
+    bottom *= b1
+    top += bottom
+    return top
 
 
 def upsample_argmax(probabilities: np.ndarray, size: Tuple[int, int], dtype=np.uint8) -> Tuple[np.ndarray, np.ndarray]:
@@ -233,18 +258,19 @@ def upsample_argmax(probabilities: np.ndarray, size: Tuple[int, int], dtype=np.u
     np.put_along_axis(others, np.broadcast_to(candidates[:, None, :], values.shape), -1.0, axis=2)
     bound = others.max(axis=(1, 2))  # the largest source value of any non-candidate class
     cell = index[y0[rows], x0[cols]]
-    a0, a1, b0, b1 = wx0[cols, None], wx1[cols, None], wy0[rows, None], wy1[rows, None]
-    v = values[cell]  # (N, source, candidate); blended in cv2's order: along x per source row, then along y
-    blend = (v[:, 0] * a0 + v[:, 1] * a1) * b0 + (v[:, 2] * a0 + v[:, 3] * a1) * b1
-    pick = blend.argmax(axis=1)
-    top = np.take_along_axis(blend, pick[:, None], axis=1)[:, 0]
-    chosen = np.take_along_axis(candidates[cell], pick[:, None], axis=1)[:, 0]
+    a0, a1, b0, b1 = wx0[cols], wx1[cols], wy0[rows], wy1[rows]
+    # Candidate-major (source, candidate, pixel): long contiguous rows with 1-D weights run ~3x faster than
+    # (pixel, candidate) rows of four. Blended in cv2's order: along x per source row, then along y.
+    v = np.take(np.ascontiguousarray(values.transpose(1, 2, 0)), cell, axis=2)
+    blend = _bilinear(v, a0, a1, b0, b1)  # (candidate, N)
+    pick = blend.argmax(axis=0)
+    top = blend[pick, np.arange(pick.size)]
+    chosen = np.ascontiguousarray(candidates.T).astype(dtype)[pick, cell]
     unsure = np.flatnonzero(top <= bound[cell])
     if unsure.size:  # another class might win here: blend all K
-        s = source[cell[unsure]]
-        u0, u1, v0, v1 = a0[unsure], a1[unsure], b0[unsure], b1[unsure]
-        full = (s[:, 0] * u0 + s[:, 1] * u1) * v0 + (s[:, 2] * u0 + s[:, 3] * u1) * v1
-        chosen[unsure], top[unsure] = full.argmax(axis=1), full.max(axis=1)
+        s = source[cell[unsure]].transpose(1, 2, 0)  # (source, K, n)
+        full = _bilinear(s, a0[unsure], a1[unsure], b0[unsure], b1[unsure])
+        chosen[unsure], top[unsure] = full.argmax(axis=0), full.max(axis=0)
     labels.reshape(-1)[flat] = chosen
     confidence.reshape(-1)[flat] = top
     return labels, confidence
