@@ -88,7 +88,7 @@ def resize(modality: str, image: np.ndarray, target_hw) -> np.ndarray:
     elif arr.ndim == 3 and arr.strides[2] < 0:  # an RGB view of a BGR message: cv2 would copy the whole frame
         small = cv2.resize(arr[:, :, ::-1], (width, height), interpolation=flag)
         return small[:, :, ::-1] if small.ndim == 3 else small
-    if arr.dtype == np.float16:  # cv2 has no half-precision resize
+    if arr.dtype.kind == "f" and arr.dtype.itemsize < 4:  # cv2 resizes 32- and 64-bit floats only
         arr = arr.astype(np.float32)
     return cv2.resize(arr, (width, height), interpolation=flag)
 
