@@ -24,6 +24,7 @@ import sys
 import time
 from typing import Optional
 
+from .. import precision as precisions
 from ..errors import ConfigError
 
 ROLE_PUBLISHER = "publisher"
@@ -59,7 +60,8 @@ def configure(parser):
     parser.add_argument("--forward", action="store_true",
                         help="kept for old command lines: the forward now always runs and has its own column")
     parser.add_argument("--device", default="auto", help="the engine's device: auto, cpu or cuda[:N]")
-    parser.add_argument("--precision", default="fp32", help="fp32, bf16 or fp16 (half precisions on CUDA only)")
+    parser.add_argument("--precision", default="fp32", choices=precisions.NAMES,
+                        help="autocast precision of the engine (half precisions on CUDA only)")
     parser.add_argument("--resolution", default=None, choices=("camera", "model"),
                         help="outputs.resolution (default: the node's default)")
     parser.add_argument("--role", default="bench", choices=("bench", ROLE_PUBLISHER), help="internal: process role")
