@@ -42,6 +42,8 @@ class SegmentationResult:
     modalities: Tuple[str, ...]
     router_weights: Optional[Dict[str, Dict[str, float]]] = None
     timing: Dict[str, float] = field(default_factory=dict)  # milliseconds: preprocess, forward, postprocess, total
+    # The raw inputs as resized for the model (their own dtype): an overlay at the model's size need not resize again.
+    resized: Dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -91,7 +93,7 @@ class Segmenter:
                 output_size: Optional[Tuple[int, int]] = None) -> SegmentationResult:
         """Segment one set of sensor images (entries that are None count as absent)."""
         start = time.perf_counter()
-        names, inputs, size = self.preprocess(images, output_size)
+        names, inputs, size, resized = self._prepare(images, output_size)
         self._sync()
         t_pre = time.perf_counter()
         with torch.inference_mode(), self._autocast():
@@ -107,12 +109,16 @@ class Segmenter:
             "postprocess": 1e3 * (t_post - t_fwd),
             "total": 1e3 * (t_post - start),
         }
-        return SegmentationResult(labels, confidence, tuple(names), router, timing)
+        return SegmentationResult(labels, confidence, tuple(names), router, timing, resized)
 
     # -- stages -----------------------------------------------------------------------------------------------------
 
     def preprocess(self, images: Mapping[str, np.ndarray], output_size=None):
         """Raw arrays -> (names in card order, {name: (1, 3, h, w) tensor on the device}, output size (H, W))."""
+        return self._prepare(images, output_size)[:3]
+
+    def _prepare(self, images, output_size):
+        """`preprocess`, and the raw arrays resized to the model's input ({name: array})."""
         if not isinstance(images, Mapping):
             raise ConfigError(f"images must be a mapping modality -> array, got {type(images).__name__}")
         present = {key: image for key, image in images.items() if image is not None}
@@ -127,13 +133,14 @@ class Segmenter:
         if len(output_size) != 2 or min(output_size) < 1:
             raise ConfigError(f"output_size must be (H, W) > 0, got {output_size}")
         height, width = self.card.input_size
-        inputs = {}
+        inputs, resized = {}, {}
         for name in names:
-            unit = preprocess.to_unit(name, preprocess.resize(name, given[name], (height, width)))
+            resized[name] = preprocess.resize(name, given[name], (height, width))
+            unit = preprocess.to_unit(name, resized[name])
             mean, std = self._norms[name]
             chw = preprocess.normalize_chw(np.ascontiguousarray(unit.transpose(2, 0, 1)), mean, std)
             inputs[name] = torch.from_numpy(np.ascontiguousarray(chw, dtype=np.float32))[None].to(self.device)
-        return names, inputs, output_size
+        return names, inputs, output_size, resized
 
     def postprocess(self, logits: torch.Tensor, size: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:
         """(1, K, h, w) logits -> labels (H, W) uint8/uint16 and confidence (H, W) float32 at `size`.

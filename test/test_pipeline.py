@@ -254,7 +254,7 @@ def test_model_resolution_outputs_and_camera_info():
     ready = _frame(pipeline, "rgb", 0, "camera_optical", 1) + _frame(pipeline, "depth", 0, "depth_optical", 2)
     output = pipeline.process(ready[0], 3 * 10**6)
     assert output.labels.shape == size and output.confidence.shape == size and output.color.shape == (*size, 3)
-    camera = outputs.resize_for_overlay(output.images["rgb"], size)
+    camera = preprocess.resize("rgb", output.images["rgb"], size)  # as the engine resized it for the model
     palette = outputs.colorize(output.labels, pipeline.config.card.class_set)
     assert np.array_equal(output.color, outputs.overlay(palette, camera, pipeline.config.color_alpha))
     out = outputs.to_messages(output, pipeline.config, ros=False)

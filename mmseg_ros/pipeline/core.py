@@ -254,8 +254,9 @@ class Pipeline:
         color = None
         if self.color:
             camera = images.get(CAMERA)
-            if cfg.output_resolution == RESOLUTION_MODEL:  # the camera at the outputs' size, to blend with
-                camera = outputs.resize_for_overlay(camera, result.labels.shape[:2])
+            if cfg.output_resolution == RESOLUTION_MODEL:  # the camera at the outputs' size, as the model saw it
+                camera = result.resized.get(CAMERA, camera)
+                camera = outputs.resize_for_overlay(camera, result.labels.shape[:2])  # output_size overridden
             color = outputs.overlay(outputs.colorize(result.labels, cfg.card.class_set, self._palette), camera,
                                     cfg.color_alpha)
         overlaid = time.perf_counter()
