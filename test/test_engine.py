@@ -273,9 +273,23 @@ def test_interpolation_policy_per_modality():
     assert {preprocess.interpolation(n, (64, 64), (128, 96)) for n in sparse} == {cv2.INTER_NEAREST_EXACT}
 
 
+@pytest.mark.parametrize("source, target", [((130, 192, 3), (40, 64)), ((128, 190), (64, 50)),
+                                            ((150, 190, 2), (64, 64)), ((96, 120, 3), (24, 30))])
+def test_area_average_is_within_one_step_of_the_exact_average(source, target):
+    """Whole-factor axis first, the other in float (1920x1200 -> 128: the x axis by 15), or one 2-D average."""
+    rng = np.random.default_rng(sum(source))
+    image = rng.integers(0, 256, source, dtype=np.uint8)
+    exact = cv2.resize(image.astype(np.float64), target[::-1], interpolation=cv2.INTER_AREA)
+    averaged = preprocess.area(image, target)
+    assert averaged.dtype == np.uint8 and averaged.shape == exact.shape
+    assert np.abs(averaged - exact).max() <= 1.0
+    unit = preprocess.area(image.astype(np.float32) / 255, target)
+    assert unit.dtype == np.float32 and np.abs(unit * 255 - exact).max() <= 1e-3
+
+
 def test_preprocess_converts_the_downscaled_image(segmenter):
     """Metric images: picking pixels commutes with the conversion, so resizing first is exact (holes stay 0). The
-    camera is the area average of the full frame, to the raw dtype's rounding."""
+    camera is the area average of the full frame, to the raw dtype's step."""
     raw = raw_images(150, 190, seed=7)
     names, inputs, _ = segmenter.preprocess(raw)
     height, width = segmenter.card.input_size
@@ -285,7 +299,7 @@ def test_preprocess_converts_the_downscaled_image(segmenter):
         full = preprocess.to_unit(name, raw[name])
         flag = preprocess.interpolation(name, full.shape[:2], (height, width))
         expected = cv2.resize(full, (width, height), interpolation=flag).transpose(2, 0, 1)
-        tolerance = 1e-6 if flag == cv2.INTER_NEAREST_EXACT else 0.5 / 255 + 1e-6
+        tolerance = 1e-6 if flag == cv2.INTER_NEAREST_EXACT else 1 / 255 + 1e-6  # area: within one uint8 step
         assert np.abs(unit - expected).max() <= tolerance, name
 
 

@@ -86,12 +86,11 @@ def _warp(image: np.ndarray, scale: Tuple[float, float], offset: Tuple[int, int]
           flip: bool, nearest: bool, fill, area: bool = False) -> np.ndarray:
     """Scale by (sy, sx), take the out-sized window whose top-left is `offset` in the scaled image (pixels outside
     the image get `fill`), optionally mirror it. Pixel centres are aligned as in cv2.resize. `area`: shrink by area
-    averaging (cv2.resize INTER_AREA to the scaled size, as the engine does), then cut the window."""
+    averaging (`preprocess.area` to the scaled size, as the engine does), then cut the window."""
     (sy, sx), (y0, x0), (out_h, out_w) = scale, offset, out
     src_h, src_w = image.shape[:2]
-    if area and (sy < 1 or sx < 1):
-        size = (max(1, round(src_w * sx)), max(1, round(src_h * sy)))
-        scaled = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    if area and (sy < 1 or sx < 1):  # the engine's average, then an exact crop
+        scaled = preprocess.area(image, (max(1, round(src_h * sy)), max(1, round(src_w * sx))))
         if image.ndim == 3 and scaled.ndim == 2:
             scaled = scaled[:, :, None]
         return _warp(scaled, (1.0, 1.0), offset, out, flip, True, fill)  # a whole-pixel window: an exact crop
