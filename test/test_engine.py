@@ -248,11 +248,13 @@ def test_upsample_argmax_uint16_labels_and_an_unchanged_size():
     assert (same == probabilities.argmax(2)).all() and (peak == probabilities.max(2)).all()
 
 
-def test_engine_postprocess_is_the_full_upsampling(segmenter):
+@pytest.mark.parametrize("size", [(61, 47), (20, 18), (12, 10)])  # the shortcut, a small upsampling, none
+def test_engine_postprocess_is_the_full_upsampling(segmenter, size):
     logits = torch.randn(1, segmenter.num_classes, 12, 10, generator=torch.Generator().manual_seed(4)) * 3
-    labels, confidence = segmenter.postprocess(logits, (61, 47))
+    labels, confidence = segmenter.postprocess(logits, size)
     probabilities = torch.softmax(logits, dim=1)[0].permute(1, 2, 0).contiguous().numpy()
-    ref_labels, ref_confidence, _ = full_upsampling(probabilities, (61, 47))
+    ref_labels, ref_confidence, _ = full_upsampling(probabilities, size)
+    assert labels.dtype == np.uint8 and confidence.dtype == np.float32
     assert (labels == ref_labels).all() and np.abs(confidence - ref_confidence).max() <= 1e-5
 
 
