@@ -74,3 +74,12 @@ test: lint $(foreach distro,$(ROS_ALSO),$(call stamp,$(distro)))
 
 clean-venv:
 	rm -rf $(foreach distro,$(DISTROS),$(VENV_$(distro)))
+
+# The GPU check (scripts/gpu_check.py): CUDA tests and the model, engine and node benchmarks at fp32/bf16/fp16 on a
+# machine whose own Python has torch with CUDA; tables in $OUT or out/gpu. GPU_CHECK_ARGS=--dry-run runs every step
+# tiny on the CPU (e.g. make gpu-check GPU_PYTHON=.venv/bin/python GPU_CHECK_ARGS=--dry-run).
+GPU_PYTHON ?= python3
+GPU_CHECK_ARGS ?=
+.PHONY: gpu-check
+gpu-check:
+	$(GPU_PYTHON) scripts/gpu_check.py $(GPU_CHECK_ARGS)

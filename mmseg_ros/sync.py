@@ -6,9 +6,14 @@ reads a clock itself, so the same input sequence always gives the same output, l
 
 Policy. The anchor input (by default the first configured) sets the output rate: each anchor message opens a set.
 For every other input the set takes the message whose stamp is nearest to the anchor stamp within `slop`
-(ties go to the newer message; one message may serve several sets). A set is emitted as soon as it is complete
-(every input has a match and has delivered a stamp at or after the anchor stamp, so no nearer message can follow;
-a silent input is not waited for) or once `max_wait` has passed since the anchor message arrived. Inputs without a
+(ties go to the newer message; one message may serve several sets). A set is emitted as soon as it is settled
+(every live input has a match and no nearer message can follow: it has delivered a stamp at or after the anchor
+stamp, or its next stamp, predicted from its period, would be farther from the anchor stamp than the match; a silent
+input is not waited for) or once `max_wait` has passed since the anchor message arrived. The prediction assumes an
+input's next stamp comes at least PERIOD_SHARE of its shortest recent stamp interval after its newest one (a steady
+sensor delivering in order); an input predicts only after MIN_INTERVALS in-order intervals, and a message older than
+its newest (reordering) starts that count again, so a reordering input is waited for as before. The early emission
+changes when a set is emitted, not which messages it holds. Inputs without a
 match are listed as missing with a reason (`Missing`): SILENT (nothing arrived for `silence_timeout`), STALE
 (arriving, but its newest stamp is more than `silence_timeout` behind the anchor stamp) or OUT_OF_SLOP (it
 delivers, just nothing within `slop`). Sets are emitted in increasing anchor stamp; a set with fewer than
@@ -58,6 +63,11 @@ from .errors import ConfigError, MessageError
 
 NS_PER_S = 1_000_000_000
 RATE_WINDOW = 16  # arrivals kept per input for its rate estimate: enough to smooth jitter, small to follow changes
+MIN_INTERVALS = 3  # stamp intervals an input must show before its next stamp is predicted
+# The next stamp is assumed at least this share of the shortest recent interval after the newest. With stamps at
+# period P +- jitter J, intervals lie in [P - 2J, P + 2J]: P - 2J >= 0.75 (P + 2J) holds for J <= P / 14 (7 ms at
+# 10 Hz), whatever the recent intervals were; a sensor that speeds up by more than a quarter is mispredicted once.
+PERIOD_SHARE = 0.75
 
 
 def seconds_to_ns(seconds: float) -> int:
@@ -264,7 +274,7 @@ class _Pending:
 
 
 class _Input:
-    __slots__ = ("name", "buffer", "newest", "last_arrival", "arrivals", "counts")
+    __slots__ = ("name", "buffer", "newest", "last_arrival", "arrivals", "intervals", "counts")
 
     def __init__(self, name: str):
         self.name = name
@@ -272,7 +282,14 @@ class _Input:
         self.newest: Optional[int] = None
         self.last_arrival: Optional[int] = None
         self.arrivals: Deque[int] = deque(maxlen=RATE_WINDOW)
+        self.intervals: Deque[int] = deque(maxlen=RATE_WINDOW)  # stamp steps of in-order messages
         self.counts = InputCounts()
+
+    def next_stamp(self) -> Optional[int]:
+        """The earliest stamp its next message can carry (from its period), or None before it has shown one."""
+        if self.newest is None or len(self.intervals) < MIN_INTERVALS:
+            return None
+        return self.newest + int(PERIOD_SHARE * min(self.intervals))
 
     def count_drop(self, record: _Record, reason: Drop) -> None:
         if not record.counted:
@@ -393,6 +410,7 @@ class Synchronizer:
             inp.buffer.clear()
             inp.newest = inp.last_arrival = None
             inp.arrivals.clear()
+            inp.intervals.clear()
         self._clear()  # waiting sets go too: their anchor messages were in the buffers just counted
         self._origin = self._last_now = now
         self._stats.resets += 1
@@ -429,6 +447,10 @@ class Synchronizer:
                 inp.count_drop(buf.pop(0), Drop.OVERFLOW)
             at = bisect.bisect_left(buf, record.stamp, key=_stamp)
         buf.insert(at, record)
+        if inp.newest is not None and record.stamp > inp.newest:
+            inp.intervals.append(record.stamp - inp.newest)
+        elif inp.newest is not None:  # delivered out of order: an older message may still follow, stop predicting
+            inp.intervals.clear()
         inp.newest = record.stamp if inp.newest is None else max(inp.newest, record.stamp)
         return True
 
@@ -486,14 +508,25 @@ class Synchronizer:
         return best
 
     def _settled(self, pending: _Pending, now: int) -> bool:
-        """Waiting cannot improve the set: every other live input has a match and has delivered a stamp at or after
-        the anchor's (so, arriving in order, nothing nearer can follow). A silent input holds nothing back."""
+        """Waiting cannot change the set: for every other live input no nearer message can follow (arriving in
+        order). A silent input holds nothing back."""
         for name, inp in self._inputs.items():
             if name == pending.anchor or self._silent(inp, now):
                 continue
-            if inp.newest is None or inp.newest < pending.stamp or self._nearest(inp, pending.stamp) is None:
+            if not self._input_settled(inp, pending.stamp):
                 return False
         return True
+
+    def _input_settled(self, inp: _Input, stamp: int) -> bool:
+        """The input has a match for `stamp` and no nearer message can follow."""
+        match = self._nearest(inp, stamp)
+        if match is None:
+            return False
+        if inp.newest >= stamp:  # its stamps have passed the anchor's
+            return True
+        upcoming = inp.next_stamp()
+        # Ties go to the newer message, so the next one must be strictly farther than the match.
+        return upcoming is not None and upcoming - stamp > stamp - match.stamp
 
     def _drain(self, now: int) -> List[SyncSet]:
         ready: List[SyncSet] = []

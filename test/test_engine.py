@@ -4,13 +4,16 @@ import subprocess
 import sys
 import warnings
 
+import cv2
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from mmseg_ros import cards
-from mmseg_ros.engine import Segmenter, resolve_device
+from mmseg_ros import cards, modalities, preprocess
+from mmseg_ros.engine import CV2_MAX_CHANNELS, Segmenter, resolve_device, upsample_argmax
 from mmseg_ros.errors import ConfigError
 from mmseg_ros.nn.build import build_model
 from mmseg_ros.nn.checkpoint import read_checkpoint, save_checkpoint
@@ -190,6 +193,116 @@ def test_cuda_matches_cpu(trained, segmenter, precision):
     agreement = (a.labels == b.labels).mean()
     assert agreement > (0.999 if precision == "fp32" else 0.9)
     assert np.abs(a.confidence - b.confidence).max() < (1e-3 if precision == "fp32" else 0.05)
+
+
+# -- postprocess: the exact shortcut against the full upsampling ---------------------------------------------------
+
+
+def full_upsampling(probabilities: np.ndarray, size):
+    """The postprocess before the shortcut, as the reference: all K probability maps upsampled bilinearly (cv2 up to
+    its channel limit, torch beyond), then max and argmax."""
+    height, width = size
+    if probabilities.shape[2] <= CV2_MAX_CHANNELS:
+        up = cv2.resize(probabilities, (width, height), interpolation=cv2.INTER_LINEAR).reshape(height, width, -1)
+    else:
+        chw = torch.from_numpy(probabilities).permute(2, 0, 1)[None]
+        up = F.interpolate(chw, size=(height, width), mode="bilinear", align_corners=False)[0].permute(1, 2, 0)
+        up = up.numpy()
+    return up.argmax(axis=2), up.max(axis=2), up
+
+
+def random_probabilities(rng, h, w, classes, block, sharpness):
+    """Softmax of logits that are constant over block x block regions plus noise: large agreeing areas with class
+    boundaries between them (what a segmentation looks like), or pure noise with block 1."""
+    coarse = rng.normal(0.0, sharpness, (-(-h // block), -(-w // block), classes))
+    logits = np.repeat(np.repeat(coarse, block, 0), block, 1)[:h, :w] + rng.normal(0.0, 0.3, (h, w, classes))
+    return torch.softmax(torch.from_numpy(logits.astype(np.float32)), dim=2).numpy()
+
+
+@settings(max_examples=150, deadline=None)
+@given(h=st.integers(1, 14), w=st.integers(1, 14), classes=st.sampled_from([1, 2, 3, 5, 25, 130]),
+       height=st.integers(1, 90), width=st.integers(1, 90), block=st.integers(1, 5),
+       sharpness=st.sampled_from([0.05, 1.0, 6.0]), seed=st.integers(0, 2**16))
+def test_upsample_argmax_equals_the_full_upsampling(h, w, classes, height, width, block, sharpness, seed):
+    """Labels as the full K-map upsampling gives them except where two classes tie to rounding; confidence within
+    1e-5. Shrinking sizes (height < h) are included: the same bilinear taps."""
+    probabilities = random_probabilities(np.random.default_rng(seed), h, w, classes, block, sharpness)
+    labels, confidence = upsample_argmax(probabilities, (height, width))
+    ref_labels, ref_confidence, up = full_upsampling(probabilities, (height, width))
+    assert labels.shape == (height, width) and labels.dtype == np.uint8 and confidence.dtype == np.float32
+    assert np.abs(confidence - ref_confidence).max() <= 1e-5
+    differ = labels != ref_labels
+    if differ.any():  # only where the reference's best and our label's probability tie (to float32 rounding)
+        ours = np.take_along_axis(up, labels[..., None].astype(np.intp), axis=2)[..., 0]
+        assert (ref_confidence - ours)[differ].max() <= 1e-6
+
+
+def test_upsample_argmax_uint16_labels_and_an_unchanged_size():
+    rng = np.random.default_rng(3)
+    probabilities = random_probabilities(rng, 6, 7, 300, 2, 4.0)
+    labels, confidence = upsample_argmax(probabilities, (40, 33), np.uint16)
+    ref_labels, ref_confidence, _ = full_upsampling(probabilities, (40, 33))
+    assert labels.dtype == np.uint16 and (labels == ref_labels).mean() > 0.999
+    assert np.abs(confidence - ref_confidence).max() <= 1e-5
+    same, peak = upsample_argmax(probabilities, (6, 7), np.uint16)
+    assert (same == probabilities.argmax(2)).all() and (peak == probabilities.max(2)).all()
+
+
+@pytest.mark.parametrize("size", [(61, 47), (20, 18), (12, 10)])  # the shortcut, a small upsampling, none
+def test_engine_postprocess_is_the_full_upsampling(segmenter, size):
+    logits = torch.randn(1, segmenter.num_classes, 12, 10, generator=torch.Generator().manual_seed(4)) * 3
+    labels, confidence = segmenter.postprocess(logits, size)
+    probabilities = torch.softmax(logits, dim=1)[0].permute(1, 2, 0).contiguous().numpy()
+    ref_labels, ref_confidence, _ = full_upsampling(probabilities, size)
+    assert labels.dtype == np.uint8 and confidence.dtype == np.float32
+    assert (labels == ref_labels).all() and np.abs(confidence - ref_confidence).max() <= 1e-5
+
+
+# -- preprocess: resize the raw array first, with the training transforms' interpolation ----------------------------
+
+
+def test_interpolation_policy_per_modality():
+    metric = [m for m in modalities.REGISTRY if modalities.get(m).value_range is not None]
+    dense = [m for m in modalities.REGISTRY if modalities.get(m).value_range is None and not modalities.get(m).sparse]
+    sparse = [m for m in modalities.REGISTRY if modalities.get(m).value_range is None and modalities.get(m).sparse]
+    assert metric and dense and sparse
+    for name in metric:  # "no return" (0) must never be blended with a return, at any scale
+        assert preprocess.interpolation(name, (1200, 1920), (128, 128)) == cv2.INTER_NEAREST_EXACT
+        assert preprocess.interpolation(name, (64, 64), (128, 128)) == cv2.INTER_NEAREST_EXACT
+    for name in dense + sparse:
+        assert preprocess.interpolation(name, (1200, 1920), (128, 128)) == cv2.INTER_AREA
+    assert {preprocess.interpolation(n, (64, 64), (128, 96)) for n in dense} == {cv2.INTER_LINEAR}
+    assert {preprocess.interpolation(n, (64, 64), (128, 96)) for n in sparse} == {cv2.INTER_NEAREST_EXACT}
+
+
+@pytest.mark.parametrize("source, target", [((130, 192, 3), (40, 64)), ((128, 190), (64, 50)),
+                                            ((150, 190, 2), (64, 64)), ((96, 120, 3), (24, 30))])
+def test_area_average_is_within_one_step_of_the_exact_average(source, target):
+    """Whole-factor axis first, the other in float (1920x1200 -> 128: the x axis by 15), or one 2-D average."""
+    rng = np.random.default_rng(sum(source))
+    image = rng.integers(0, 256, source, dtype=np.uint8)
+    exact = cv2.resize(image.astype(np.float64), target[::-1], interpolation=cv2.INTER_AREA)
+    averaged = preprocess.area(image, target)
+    assert averaged.dtype == np.uint8 and averaged.shape == exact.shape
+    assert np.abs(averaged - exact).max() <= 1.0
+    unit = preprocess.area(image.astype(np.float32) / 255, target)
+    assert unit.dtype == np.float32 and np.abs(unit * 255 - exact).max() <= 1e-3
+
+
+def test_preprocess_converts_the_downscaled_image(segmenter):
+    """Metric images: picking pixels commutes with the conversion, so resizing first is exact (holes stay 0). The
+    camera is the area average of the full frame, to the raw dtype's step."""
+    raw = raw_images(150, 190, seed=7)
+    names, inputs, _ = segmenter.preprocess(raw)
+    height, width = segmenter.card.input_size
+    for name in names:
+        mean, std = segmenter.card.normalization(name)
+        unit = inputs[name][0].numpy() * np.asarray(std, np.float32)[:, None, None] + np.asarray(mean)[:, None, None]
+        full = preprocess.to_unit(name, raw[name])
+        flag = preprocess.interpolation(name, full.shape[:2], (height, width))
+        expected = cv2.resize(full, (width, height), interpolation=flag).transpose(2, 0, 1)
+        tolerance = 1e-6 if flag == cv2.INTER_NEAREST_EXACT else 1 / 255 + 1e-6  # area: within one uint8 step
+        assert np.abs(unit - expected).max() <= tolerance, name
 
 
 def test_core_never_imports_rclpy():

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from mmseg_ros import modalities, msgs
+from mmseg_ros import modalities, msgs, preprocess
 from mmseg_ros.pipeline import checks, handoff, outputs, stats
 from mmseg_ros.pipeline import config as node_config
 from mmseg_ros.pipeline import diagnostics as diag
@@ -215,6 +215,63 @@ def test_overlay_blends_with_a_matching_camera_image():
     assert outputs.overlay(color, np.zeros((3, 3), np.uint8), 0.5) is color  # another size: palette only
     mono = np.full((2, 2), 255, np.uint8)
     assert outputs.overlay(color, mono, 1.0).tolist() == np.full((2, 2, 3), 255).tolist()
+
+
+def test_colorize_through_the_lookup_table_is_the_class_sets():
+    card = NodeConfig.from_values({"model.card": TINY}).card
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, card.num_classes, (37, 53)).astype(np.uint8)
+    labels[0, :4] = 255  # unlabeled
+    assert np.array_equal(outputs.colorize(labels, card.class_set), card.class_set.colorize(labels))
+    wide = labels.astype(np.uint16)  # uint16 ids take numpy's lookup
+    assert np.array_equal(outputs.colorize(wide, card.class_set), card.class_set.colorize(wide))
+
+
+def test_overlay_in_uint8_is_the_float_blend_to_one_level():
+    rng = np.random.default_rng(4)
+    color = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    for camera in (rng.integers(0, 256, (40, 50, 3), dtype=np.uint8), rng.integers(0, 256, (40, 50), dtype=np.uint8),
+                   rng.integers(0, 65536, (40, 50, 3), dtype=np.uint16)):
+        for alpha in (0.3, 0.5, 0.9):
+            unit = preprocess.to_unit("rgb", camera)
+            reference = np.clip((1 - alpha) * color + alpha * 255.0 * unit + 0.5, 0, 255).astype(np.uint8)
+            blended = outputs.overlay(color, camera, alpha)
+            assert blended.dtype == np.uint8 and np.abs(blended.astype(int) - reference).max() <= 1
+
+
+def test_scaled_camera_info_maps_pixel_centres():
+    k = [[400.0, 0.0, 319.5], [0.0, 410.0, 239.5], [0.0, 0.0, 1.0]]
+    info = msgs.numpy_to_camera_info(k, 640, 480, d=(0.1, -0.05, 0.0, 0.0, 0.01), ros=False)
+    info.p = [400.0, 0.0, 319.5, -40.0, 0.0, 410.0, 239.5, 0.0, 0.0, 0.0, 1.0, 0.0]
+    scaled = outputs.scaled_camera_info(info, (120, 160), ros=False)
+    assert (scaled.width, scaled.height) == (160, 120) and list(scaled.d) == list(info.d) and scaled.r == info.r
+    # x: 160 / 640 = 1/4, y: 120 / 480 = 1/4; the centre of the image stays the centre: (319.5 + 0.5) / 4 - 0.5
+    assert np.allclose(np.reshape(scaled.k, (3, 3)), [[100.0, 0.0, 79.5], [0.0, 102.5, 59.5], [0.0, 0.0, 1.0]])
+    assert np.allclose(np.reshape(scaled.p, (3, 4))[0], [100.0, 0.0, 79.5, -10.0])
+    msgs.camera_from_info(scaled)  # a valid CameraInfo
+
+
+def test_model_resolution_outputs_and_camera_info():
+    pipeline = _pipeline(**{"outputs.resolution": "model"})
+    size = tuple(pipeline.config.card.input_size)
+    info = msgs.numpy_to_camera_info([[30.0, 0, 15.5], [0, 30.0, 15.5], [0, 0, 1]], 32, 32, ros=False)
+    pipeline.add_camera_info(info, 0)
+    ready = _frame(pipeline, "rgb", 0, "camera_optical", 1) + _frame(pipeline, "depth", 0, "depth_optical", 2)
+    output = pipeline.process(ready[0], 3 * 10**6)
+    assert output.labels.shape == size and output.confidence.shape == size and output.color.shape == (*size, 3)
+    camera = preprocess.resize("rgb", output.images["rgb"], size)  # as the engine resized it for the model
+    palette = outputs.colorize(output.labels, pipeline.config.card.class_set)
+    assert np.array_equal(output.color, outputs.overlay(palette, camera, pipeline.config.color_alpha))
+    out = outputs.to_messages(output, pipeline.config, ros=False)
+    assert set(out) == {"labels", "confidence", "color", "camera_info"}
+    assert (out["camera_info"].width, out["camera_info"].height) == (size[1], size[0])
+    assert out["camera_info"].header.frame_id == "camera_optical"
+    at_camera = _pipeline()  # the default: camera resolution, no ~/camera_info even with a CameraInfo seen
+    at_camera.add_camera_info(info, 0)
+    ready = _frame(at_camera, "rgb", 0, "camera_optical", 1) + _frame(at_camera, "depth", 0, "depth_optical", 2)
+    output = at_camera.process(ready[0], 3 * 10**6)
+    assert output.labels.shape == (32, 32)
+    assert set(outputs.to_messages(output, at_camera.config, ros=False)) == {"labels", "confidence", "color"}
 
 
 # -- diagnostics ------------------------------------------------------------------------------------------------------

@@ -410,6 +410,83 @@ def test_invariants(n_inputs, min_modalities, messages):
     assert received == len(events)
 
 
+# ----------------------------------------------------------------------------------------------- early settling
+class WaitingSynchronizer(Synchronizer):
+    """The policy before period prediction, as the reference: an input holds its set back until it has a match and
+    has delivered a stamp at or after the anchor's (or max_wait runs out)."""
+
+    def _input_settled(self, inp, stamp):
+        return self._nearest(inp, stamp) is not None and inp.newest >= stamp
+
+
+def formed(sets):
+    """What a run formed: per set its anchor, stamp and the stamp of every message in it (not when it came out)."""
+    return [(s.anchor, s.stamp_ns, tuple((n, m.stamp_ns) for n, m in s.messages.items())) for s in sets]
+
+
+def test_a_match_just_before_the_anchor_is_not_waited_on_for_a_period():
+    """Depth stamped 1 ms before the camera (the same instant, clock jitter): once its period is known, the set goes
+    out when the depth image arrives, not when the next depth (100 ms later) or max_wait comes."""
+    streams = [Stream(CAMERA, 100, 5), Stream(DEPTH, 100, 8, offset_ms=-1), Stream(LIDAR, 100, 20, offset_ms=10)]
+    events = timeline(streams)
+    early = drive(make_sync((CAMERA, DEPTH, LIDAR)), events)
+    waiting = drive(WaitingSynchronizer(make_sync((CAMERA, DEPTH, LIDAR)).config), events)
+    assert formed(early) == formed(waiting) and len(early) == 20 and all(s.complete for s in early)
+    last_arrival = [max(m.arrival_ns for m in s.messages.values()) for s in early]
+    assert [s.emitted_ns for s in early[4:]] == last_arrival[4:], "out with the last input once periods are known"
+    assert all(s.emitted_ns - s.messages[CAMERA].arrival_ns == MAX_WAIT for s in waiting[1:])
+    assert all(s.emitted_ns <= w.emitted_ns for s, w in zip(early, waiting))
+
+
+def test_prediction_waits_for_an_input_that_reorders():
+    """After a message older than its newest, an input is waited for as before (its stamp steps no longer tell its
+    period) until it has shown its period again in order."""
+    def run(depth_order):
+        sync = make_sync((CAMERA, DEPTH))
+        out = []
+        for t in range(0, 400, 100):
+            out += sync.add(DEPTH, t * MS, None, (t + 8) * MS)
+            out += sync.add(CAMERA, t * MS, None, (t + 5) * MS)
+        for t in depth_order:
+            out += sync.add(DEPTH, t * MS, None, (508 + depth_order.index(t)) * MS)
+        out += sync.add(CAMERA, 510 * MS, None, 515 * MS)
+        return out, sync.poll(575 * MS)
+
+    emitted, later = run([400, 500])  # in order: depth 500 matches camera 510 and depth 600 cannot come nearer
+    assert emitted[-1].stamp_ns == 510 * MS and emitted[-1].messages[DEPTH].stamp_ns == 500 * MS and not later
+    emitted, later = run([500, 400])  # 400 after 500: waited for until max_wait (60 ms after the camera's 515)
+    assert all(s.stamp_ns < 510 * MS for s in emitted)
+    assert [(s.stamp_ns, s.messages[DEPTH].stamp_ns) for s in later] == [(510 * MS, 500 * MS)]
+
+
+stream_params = st.tuples(
+    st.sampled_from([20, 25, 33, 50, 100, 200]),  # period ms
+    st.integers(0, 99),  # phase offset, % of the period
+    st.integers(1, 120),  # latency ms: beyond max_wait (60) is a late input
+    st.integers(0, 10),  # latency jitter ms
+    st.booleans(),  # goes silent for a stretch
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(others=st.lists(stream_params, min_size=1, max_size=3), anchor_period=st.sampled_from([50, 100]),
+       seed=st.integers(0, 1000))
+def test_early_settling_forms_the_same_sets(others, anchor_period, seed):
+    """Any steady inputs (stamp jitter within what the prediction allows), on time, late or going silent: the same
+    arrival sequence forms the same sets with and without settling on a predicted period, never emitted later."""
+    names = list(modalities.REGISTRY)[:1 + len(others)]
+    streams = [Stream(names[0], anchor_period, 5, stamp_jitter_ms=anchor_period / 20)]
+    for name, (period, phase, latency, latency_jitter, outage) in zip(names[1:], others):
+        off = (lambda t: 600 <= t < 1400) if outage else (lambda t: False)
+        streams.append(Stream(name, period, latency, off=off, offset_ms=period * phase // 100,
+                              stamp_jitter_ms=period / 15, latency_jitter_ms=latency_jitter))
+    events = timeline(streams, seed=seed)
+    early = drive(make_sync(names), events)
+    waiting = drive(WaitingSynchronizer(make_sync(names).config), events)
+    assert formed(early) == formed(waiting)
+    assert all(s.emitted_ns <= w.emitted_ns for s, w in zip(early, waiting))
+
+
 # ----------------------------------------------------------------------------------------------- API edges
 def test_status_rates_and_anchor():
     sync = make_sync((CAMERA, LIDAR))

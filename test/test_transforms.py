@@ -106,6 +106,33 @@ def test_resize_to_model_size_and_eval_pipeline():
     assert "lidar" in default_nearest() and "depth" in default_nearest() and "rgb" not in default_nearest()
 
 
+def test_eval_resize_is_the_engines_resize():
+    """Shrinking to the model size: each modality resampled exactly as the engine's preprocess resizes it (area for
+    camera and events, nearest for metric images), so the deployed model sees what evaluation and training saw."""
+    sample = coded_sample(96, 120)
+    out = Compose([Resize((24, 30))], seed=0)(sample)["inputs"]
+    for name, array in sample["inputs"].items():
+        expected = preprocess.resize(name, array, (24, 30))
+        assert np.array_equal(out[name].reshape(expected.shape), expected), name
+    events = np.zeros((96, 120, 2), np.uint8)
+    events[::4, ::4, 0] = 160  # one event pixel in every 4x4 block
+    shrunk = Compose([Resize((24, 30))], seed=0)({**sample, "inputs": {"event": events}})["inputs"]["event"]
+    assert (shrunk[..., 0] == 10).all(), "events are averaged (area), not one pixel of every 4x4 picked"
+
+
+def test_shrinking_crop_averages_the_camera_as_a_resize_then_crop():
+    sample = coded_sample(96, 120)
+    crop = RandomResizedCrop((20, 24), scale=(0.5, 0.5))
+    out = Compose([crop], seed=3)(sample)["inputs"]
+    # half the factor that just covers 20x24 px: the frame shrinks below the window, which is padded with zeros
+    factor = 0.5 * max(20 / 96, 24 / 120)
+    shrunk = preprocess.resize("rgb", sample["inputs"]["rgb"], (round(96 * factor), round(120 * factor)))
+    rgb = out["rgb"]
+    nonzero = np.argwhere(rgb.any(axis=2))
+    (top, left), (bottom, right) = nonzero.min(0), nonzero.max(0) + 1
+    assert np.array_equal(rgb[top:bottom, left:right], shrunk[: bottom - top, : right - left])
+
+
 def test_photometric_changes_only_the_camera():
     sample = coded_sample()
     out = Compose([ColorJitter(0.5, 0.5, 0.5, p=1.0), GaussianBlur((1.0, 1.5), p=1.0)], seed=0)(sample)

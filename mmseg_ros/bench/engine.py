@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 
+from .. import precision as precisions
+
 DEFAULT_CARDS = ["default"]
 
 
@@ -20,6 +22,8 @@ def configure(parser) -> None:
     parser.add_argument("--repeat", type=int, default=20, help="timed frames per card (median reported)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed frames per card")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    parser.add_argument("--precision", default="fp32", choices=precisions.NAMES,
+                        help="autocast precision (half precisions on CUDA only)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
 
 
@@ -41,7 +45,7 @@ def main(args) -> int:
         card = cards.load(ref)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a card without checkpoint times the same network
-            segmenter = Segmenter(card, device=args.device)
+            segmenter = Segmenter(card, device=args.device, precision=args.precision)
         images = {m: frame[m] for m in card.modalities}
         for _ in range(args.warmup):
             segmenter.segment(images)
@@ -54,8 +58,8 @@ def main(args) -> int:
         rows.append((card.name, f"{args.camera_size}->{card.input_size[0]}", len(images),
                      *(median_ms(stages[s]) for s in ("preprocess", "forward", "postprocess", "total")),
                      f"{load_before:.1f} / {load_after:.1f}"))
-    print(f"## Segmenter.segment per frame ({segmenter.device}, {args.threads} threads, median of {args.repeat}, "
-          f"{os.cpu_count()} CPUs)\n")
+    print(f"## Segmenter.segment per frame ({segmenter.device}, {segmenter.precision}, {args.threads} threads, "
+          f"median of {args.repeat}, {os.cpu_count()} CPUs)\n")
     print(markdown_table(["card", "camera->model px", "inputs", "preprocess ms", "forward ms", "postprocess ms",
                           "total ms", "load 1 min before / after"], rows))
     return 0

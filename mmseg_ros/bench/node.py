@@ -22,7 +22,9 @@ from __future__ import annotations
 import json
 import sys
 import time
+from typing import Optional
 
+from .. import precision as precisions
 from ..errors import ConfigError
 
 ROLE_PUBLISHER = "publisher"
@@ -30,15 +32,38 @@ PREFIX = "mmseg_bench_node"  # private topic namespace: a node running in the sa
 OUTPUTS = ("labels", "confidence", "color")
 STAGES = ("decode", "sync", "preprocess", "postprocess", "encode", "publish")
 SOURCE_SIZE = 256  # the synthetic scene is rendered once at this size and scaled (nearest) to each benchmark size
+DEFAULT_SIZES = ("1024", "1920x1200")  # a square frame and a real automotive camera (also 1920x1080, 2048x1536)
+
+
+def image_size(text: str) -> tuple:
+    """'1024' (square) or 'WIDTHxHEIGHT' (as cameras are named, e.g. 1920x1200) -> (width, height)."""
+    parts = str(text).lower().split("x")
+    try:
+        values = tuple(int(v) for v in parts)
+    except ValueError:
+        values = ()
+    if len(values) not in (1, 2):
+        raise ConfigError(f"bench node: image size {text!r} must be N or WIDTHxHEIGHT, e.g. 1024 or 1920x1200")
+    return values * 2 if len(values) == 1 else values
+
+
+def size_label(size: tuple) -> str:
+    return f"{size[0]}x{size[1]}"
 
 
 def configure(parser):
-    parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024], help="square image sizes (px)")
+    parser.add_argument("--sizes", type=image_size, nargs="+", default=[image_size(s) for s in DEFAULT_SIZES],
+                        help=f"image sizes: N (square) or WIDTHxHEIGHT (default {' '.join(DEFAULT_SIZES)})")
     parser.add_argument("--sets", type=int, default=20, help="input sets per size (default 20)")
     parser.add_argument("--rate", type=float, default=4.0, help="sets per second sent by the publisher (default 4)")
     parser.add_argument("--card", default=None, help="model card (default: the node's default card)")
     parser.add_argument("--forward", action="store_true",
                         help="kept for old command lines: the forward now always runs and has its own column")
+    parser.add_argument("--device", default="auto", help="the engine's device: auto, cpu or cuda[:N]")
+    parser.add_argument("--precision", default="fp32", choices=precisions.NAMES,
+                        help="autocast precision of the engine (half precisions on CUDA only)")
+    parser.add_argument("--resolution", default=None, choices=("camera", "model"),
+                        help="outputs.resolution (default: the node's default)")
     parser.add_argument("--role", default="bench", choices=("bench", ROLE_PUBLISHER), help="internal: process role")
     parser.add_argument("--timeout", type=float, default=120.0, help="give up after this many seconds")
 
@@ -61,7 +86,7 @@ def _card_name(args) -> str:
 # Publisher process.
 
 
-def _input_arrays(card, size: int) -> dict:
+def _input_arrays(card, size: tuple) -> dict:
     import cv2
 
     from ..data.synthetic.encode import metres
@@ -75,13 +100,14 @@ def _input_arrays(card, size: int) -> dict:
         if name not in ENCODINGS:
             raise ConfigError(f"bench node: the synthetic rig has no {name!r} sensor (card {card.name})")
         image = metres(frame[name]) if name in METRIC else frame[name]
-        out[name] = cv2.resize(image, (size, size), interpolation=cv2.INTER_NEAREST)
+        out[name] = cv2.resize(image, tuple(size), interpolation=cv2.INTER_NEAREST)  # (width, height)
     return out
 
 
 def _publisher(args) -> int:
-    from .. import cards, dds, msgs
-    from ..sensors import ENCODINGS
+    from .. import cards, msgs
+    from ..data.synthetic.schedule import ENCODINGS
+    from ..ros import dds
 
     dds.configure_transport()
     import rclpy
@@ -113,7 +139,7 @@ def _publisher(args) -> int:
                     pubs[name].publish(msg)
                 time.sleep(max(0.0, start + (i + 1) / args.rate - time.monotonic()))
             time.sleep(0.5)
-        _emit("sent", sets=args.sets, sizes=args.sizes)
+        _emit("sent", sets=args.sets, sizes=[size_label(s) for s in args.sizes])
         # Keep the output subscriptions alive while the other process publishes to them; spin so they take data.
         import select
 
@@ -136,23 +162,35 @@ def _publisher(args) -> int:
 class NodeStages:
     """The node's pipeline on one set, stage by stage, with the node's default parameters and output QoS."""
 
-    def __init__(self, node, card_name: str):
+    def __init__(self, node, card_name: str, device: str = "auto", precision: str = "fp32",
+                 resolution: Optional[str] = None):
         from rclpy.qos import QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import Image
 
         from ..engine import Segmenter
         from ..pipeline import NodeConfig, Pipeline
 
-        self.config = cfg = NodeConfig.from_values({"model.card": card_name})
-        segmenter = Segmenter(cfg.card, checkpoint=cfg.checkpoint, device="auto", precision=cfg.precision)
-        self.pipeline = Pipeline(cfg, segmenter)
+        values = {"model.card": card_name, "model.precision": precision}
+        if resolution is not None:
+            values["outputs.resolution"] = resolution
+        self.config = cfg = NodeConfig.from_values(values)
+        self.segmenter = Segmenter(cfg.card, checkpoint=cfg.checkpoint, device=device, precision=cfg.precision)
+        self._pipeline_class = Pipeline
+        self.restart()
         qos = QoSProfile(depth=cfg.output_depth, reliability=ReliabilityPolicy.RELIABLE)
         self.publishers = {name: node.create_publisher(Image, _topic(f"out/{name}"), qos) for name in OUTPUTS}
+
+    def restart(self) -> None:
+        """A fresh pipeline (synchronizer, size guard, statistics) with the same model: a node restarted for a
+        camera of another resolution, where the running one would reject the new size as bad input."""
+        self.pipeline = self._pipeline_class(self.config, self.segmenter)
 
     def run(self, messages: dict) -> dict:
         """Stage times (s) for one set {modality: (received Image, arrival ns)} in arrival order; the arrival times
         are the pipeline's clock, as in the node. None when the synchronizer did not emit the set whole (its first
-        set: inputs it has not heard from yet count as missing)."""
+        set: inputs it has not heard from yet count as missing). Besides the stages: each output's encode
+        ('encode.<output>', the colour one with its overlay), the forward, and the synchronizer's own wait
+        ('sync_wait': from the set's last arrival to its emission, in the recorded clock)."""
         from ..pipeline import outputs
 
         pipeline, clock = self.pipeline, time.perf_counter
@@ -168,19 +206,26 @@ class NodeStages:
         whole = [s for s in ready if len(s.messages) == len(messages)]
         if not whole:
             return None
-        output = pipeline.process(whole[-1], max(arrival for _, arrival in items.values()))
+        sset = whole[-1]
+        output = pipeline.process(sset, sset.emitted_ns)
         if output is None or len(output.used) != len(messages):
             raise RuntimeError(f"the pipeline did not segment the whole set: missing {output and output.missing}")
-        t3 = clock()
-        out = outputs.to_messages(output, self.config)
+        ms = output.timing
+        encode = {f"encode.{kind}": 0.0 for kind in OUTPUTS}
+        encode["encode.color"] = ms["overlay"] / 1e3
+        out = {}
+        for kind in outputs.kinds(output, self.config):
+            t3 = clock()
+            out[kind] = outputs.to_message(kind, output, self.config)
+            encode[f"encode.{kind}"] = encode.get(f"encode.{kind}", 0.0) + clock() - t3
         t4 = clock()
         for name, msg in out.items():
             self.publishers[name].publish(msg)
         t5 = clock()
-        ms = output.timing
+        last = max(m.arrival_ns for m in sset.messages.values())
         return {"decode": t1 - t0, "sync": t2 - t1 + ms["checks"] / 1e3, "preprocess": ms["preprocess"] / 1e3,
-                "postprocess": ms["postprocess"] / 1e3, "encode": ms["overlay"] / 1e3 + t4 - t3, "publish": t5 - t4,
-                "forward": ms["forward"] / 1e3}
+                "postprocess": ms["postprocess"] / 1e3, "encode": sum(encode.values()), "publish": t5 - t4,
+                **encode, "forward": ms["forward"] / 1e3, "sync_wait": (sset.emitted_ns - last) / 1e9}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -192,7 +237,7 @@ def main(args) -> int:
         return _publisher(args)
     from ..errors import ConfigError
 
-    if args.sets < 2 or args.rate <= 0 or any(s < 32 for s in args.sizes):
+    if args.sets < 2 or args.rate <= 0 or any(min(s) < 32 for s in args.sizes):
         raise ConfigError(f"need --sets >= 2, --rate > 0 and sizes >= 32; got {args.sets}, {args.rate}, {args.sizes}")
     return _bench(args)
 
@@ -201,7 +246,8 @@ def _bench(args) -> int:
     import subprocess
     import threading
 
-    from .. import cards, dds
+    from .. import cards
+    from ..ros import dds
 
     transport = dds.configure_transport()
     import rclpy
@@ -226,10 +272,10 @@ def _bench(args) -> int:
     try:
         print(f"bench node: card {card.name}, inputs {', '.join(card.modalities)}, sizes {args.sizes}, "
               f"{args.sets} sets each at {args.rate:g}/s; {transport}", file=sys.stderr, flush=True)
-        stages = NodeStages(node, card.name)  # builds the model while the publisher starts
+        stages = NodeStages(node, card.name, args.device, args.precision, args.resolution)  # while the peer starts
         command = [sys.executable, "-m", "mmseg_ros.cli", "bench", "node", "--role", ROLE_PUBLISHER,
                    "--sets", str(args.sets), "--rate", str(args.rate), "--card", card.name,
-                   "--timeout", str(args.timeout), "--sizes", *map(str, args.sizes)]
+                   "--timeout", str(args.timeout), "--sizes", *map(size_label, args.sizes)]
         peer = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         line = _read_event(peer, "sent", args.timeout)
         time.sleep(0.3)
@@ -243,12 +289,13 @@ def _bench(args) -> int:
         for size in args.sizes:
             group = [s for s in sets if s["size"] == size]
             if not group:
-                raise ConfigError(f"bench node: no complete set of {size} px arrived ({line})")
+                raise ConfigError(f"bench node: no complete set of {size_label(size)} arrived ({line})")
+            stages.restart()
             stages.run(group[0]["messages"])  # warm-up (first allocations at this size; the synchronizer's first set)
-            timings = [t for t in (stages.run(s["messages"]) for s in group[1:]) if t is not None]
-            if not timings:
-                raise ConfigError(f"bench node: the synchronizer emitted no whole set of {size} px")
-            rows.append(_row(size, len(card.modalities), group, timings, args.sets))
+            timed = [(s, t) for s, t in ((s, stages.run(s["messages"])) for s in group[1:]) if t is not None]
+            if not timed:
+                raise ConfigError(f"bench node: the synchronizer emitted no whole set of {size_label(size)}")
+            rows.append(_row(size, len(card.modalities), group, timed, args.sets))
         peer.stdin.write("stop\n")
         peer.stdin.flush()
         outputs = _read_event(peer, "outputs", 20)
@@ -259,7 +306,7 @@ def _bench(args) -> int:
                 peer.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 peer.kill()
-    _print_table(rows, card, outputs)
+    _print_table(rows, card, outputs, stages)
     return 0
 
 
@@ -291,34 +338,47 @@ def _complete_sets(arrivals, names) -> list:
     sets = []
     for stamp, entry in sorted(by_stamp.items()):
         if set(entry["messages"]) == set(names):
-            size = entry["messages"][names[0]][0].width
+            first = entry["messages"][names[0]][0]
+            size = (first.width, first.height)
             sets.append({"size": size, "messages": entry["messages"], "transport": (entry["last"] - stamp) / 1e9})
     return sets
 
 
-def _row(size, inputs, group, timings, sent) -> list:
+def _row(size, inputs, group, timed, sent) -> list:
+    """One table row: transport over every set of the size that arrived, the node's stages over the timed sets (all
+    but the warm-up), and their end-to-end latency: transport + the synchronizer's wait + overhead + forward."""
     from ..reporting import median_ms, percentile
 
     transport = [s["transport"] for s in group]
+    timings = [t for _, t in timed]
     overhead = [sum(t[stage] for stage in STAGES) for t in timings]
-    return [f"{size}x{size}", inputs, f"{len(group)}/{sent}", median_ms(transport), 1e3 * percentile(transport, 95),
+    latency = [s["transport"] + t["sync_wait"] + o + t["forward"] for (s, t), o in zip(timed, overhead)]
+    return [size_label(size), inputs, f"{len(group)}/{sent}", median_ms(transport), 1e3 * percentile(transport, 95),
             *(median_ms([t[stage] for t in timings]) for stage in STAGES),
+            *(median_ms([t[f"encode.{kind}"] for t in timings]) for kind in OUTPUTS),
             median_ms(overhead), 1e3 * percentile(overhead, 95), median_ms(overhead) / median_ms(transport),
-            median_ms([t["forward"] for t in timings])]
+            median_ms([t["forward"] for t in timings]), median_ms([t["sync_wait"] for t in timings]),
+            median_ms(latency), median_ms(latency) - median_ms([t["forward"] for t in timings])]
 
 
-def _print_table(rows, card, outputs) -> None:
+def _print_table(rows, card, outputs, stages) -> None:
     import torch
 
     from ..reporting import markdown_table
 
     header = ["size", "inputs", "sets", "DDS transport p50 ms", "p95", *(f"{s} p50" for s in STAGES),
-              "node overhead p50 ms", "p95", "overhead / transport", "forward p50 ms (excluded)"]
+              *(f"encode {kind} p50" for kind in OUTPUTS), "node overhead p50 ms", "p95", "overhead / transport",
+              "forward p50 ms (excluded)", "sync wait p50", "latency p50 ms", "latency - forward"]
     print(markdown_table(header, rows))
+    cfg = stages.config
     print(f"\nCard {card.name} ({card.num_classes} classes, model input {card.input_size[0]} px), torch threads "
-          f"{torch.get_num_threads()}, device cpu unless CUDA. Transport: one set of all inputs from the publisher "
+          f"{torch.get_num_threads()}, device {stages.pipeline.segmenter.device}, precision {cfg.precision}, outputs "
+          f"at {cfg.output_resolution} resolution. Transport: one set of all inputs from the publisher "
           "process (stamp at the start of the set) to the last image's arrival in this process' callback, shipped "
           "SHM profile; it includes rclpy's conversion into Python messages, which the node process pays too. "
           "Node overhead: per-set sum of the pipeline's stages (the Pipeline segment_node drives), medians over "
-          "the sets; the forward is excluded. Outputs received by the peer: "
-          f"{outputs.get('received')}.")
+          "the sets but the first (warm-up); the forward is excluded. Encode per output: building its Image (the "
+          "colour one with its overlay); their sum is the encode column. Sync wait: the synchronizer's own delay "
+          "after the set's last input arrived. Latency: anchor stamp to the outputs published, per set (transport + "
+          "sync wait + node overhead + forward), as a node with an idle worker would see it. Outputs received by the "
+          f"peer: {outputs.get('received')}.")

@@ -6,9 +6,11 @@ numpy Generator and passes it on, so one seed fixes a whole pipeline. In DataLoa
 `worker_init_fn=seed_worker`: each worker then reseeds its copy from torch's per-worker seed, which the loader
 derives from its `generator` (or `torch.manual_seed`), so runs repeat exactly for a given seed and worker count.
 
-Geometry applies one affine map (scale, crop offset, flip) to every modality and the label. Labels and the
-modalities in `nearest` are resampled nearest-neighbour: a bilinear mix of a LiDAR return and "no return" (0) is a
-range that was never measured. Padding is 255 (ignore) for labels and 0 (no signal / no return) for inputs.
+Geometry applies one affine map (scale, crop offset, flip) to every modality and the label. Each modality is
+resampled as `preprocess.interpolation` says, the engine's own choice: nearest for metric images (a bilinear mix of
+a LiDAR return and "no return" (0) is a range that was never measured), area averaging where the frame shrinks,
+bilinear where it grows; labels are always nearest. An explicit `nearest` set overrides the nearest choice. Padding
+is 255 (ignore) for labels and 0 (no signal / no return) for inputs.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ CAMERA = modalities.get("rgb").name  # the modality photometric augmentation app
 
 
 def default_nearest() -> frozenset:
-    """Modalities resampled nearest by default (`preprocess.resample_nearest`: metric and sparse ones)."""
+    """Modalities resampled nearest at any scale (`preprocess.resample_nearest`: the metric ones)."""
     return frozenset(name for name in modalities.REGISTRY if preprocess.resample_nearest(name))
 
 
@@ -81,11 +83,17 @@ def seed_worker(worker_id: int) -> None:
 
 # ---------------------------------------------------------------------------------------------------- geometry
 def _warp(image: np.ndarray, scale: Tuple[float, float], offset: Tuple[int, int], out: Tuple[int, int],
-          flip: bool, nearest: bool, fill) -> np.ndarray:
+          flip: bool, nearest: bool, fill, area: bool = False) -> np.ndarray:
     """Scale by (sy, sx), take the out-sized window whose top-left is `offset` in the scaled image (pixels outside
-    the image get `fill`), optionally mirror it. Pixel centres are aligned as in cv2.resize."""
+    the image get `fill`), optionally mirror it. Pixel centres are aligned as in cv2.resize. `area`: shrink by area
+    averaging (`preprocess.area` to the scaled size, as the engine does), then cut the window."""
     (sy, sx), (y0, x0), (out_h, out_w) = scale, offset, out
     src_h, src_w = image.shape[:2]
+    if area and (sy < 1 or sx < 1):  # the engine's average, then an exact crop
+        scaled = preprocess.area(image, (max(1, round(src_h * sy)), max(1, round(src_w * sx))))
+        if image.ndim == 3 and scaled.ndim == 2:
+            scaled = scaled[:, :, None]
+        return _warp(scaled, (1.0, 1.0), offset, out, flip, True, fill)  # a whole-pixel window: an exact crop
     cols = np.arange(out_w)
     if flip:
         cols = cols[::-1]
@@ -120,15 +128,21 @@ class _Geometric:
     """Shared by the geometric transforms: one map, applied to all inputs and to the label."""
 
     def __init__(self, nearest: Optional[Iterable[str]] = None):
+        self.explicit = nearest is not None  # the caller's set decides nearest; else preprocess.interpolation
         self.nearest = default_nearest() if nearest is None else frozenset(modalities.get(n).name for n in nearest)
 
     def apply(self, sample: dict, scale, offset, out, flip: bool) -> dict:
-        inputs = {
-            name: _warp(array, scale, offset, out, flip, name in self.nearest, 0)
-            for name, array in sample["inputs"].items()
-        }
+        inputs = {name: self._warp_input(name, array, scale, offset, out, flip)
+                  for name, array in sample["inputs"].items()}
         label = _warp(sample["label"], scale, offset, out, flip, True, IGNORE_INDEX)
         return {**sample, "inputs": inputs, "label": label}
+
+    def _warp_input(self, name, array, scale, offset, out, flip) -> np.ndarray:
+        height, width = array.shape[:2]
+        scaled = (max(1, round(height * scale[0])), max(1, round(width * scale[1])))
+        flag = preprocess.interpolation(name, (height, width), scaled)
+        nearest = name in self.nearest if self.explicit else flag == cv2.INTER_NEAREST_EXACT
+        return _warp(array, scale, offset, out, flip, nearest, 0, area=flag == cv2.INTER_AREA and not nearest)
 
 
 class Resize(_Geometric):

@@ -36,6 +36,8 @@ IDENTITY_4X4 = (1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0,
 DEVICES = ("auto", "cpu", "cuda")  # 'cuda:N' picks a GPU
 
 INPUT_QOS = ("sensor_data", "reliable")
+RESOLUTION_CAMERA, RESOLUTION_MODEL = "camera", "model"
+RESOLUTIONS = (RESOLUTION_CAMERA, RESOLUTION_MODEL)
 LIDAR_SOURCES = ("image", "points")
 # image_transport's transports: the node subscribes to the base topic (raw Image) or base + "/<transport>"
 # (CompressedImage). compressedDepth carries single-channel 16-bit or 32FC1 images only.
@@ -115,6 +117,10 @@ PARAMETERS: Tuple[Param, ...] = (
     Param("outputs.color", BOOL, True, "publish ~/color (rgb8 palette, blended with the camera image)"),
     Param("outputs.color_alpha", DOUBLE, 0.5, "weight of the camera image in ~/color: 0 = palette only",
           low=0.0, high=1.0),
+    Param("outputs.resolution", STRING, RESOLUTION_CAMERA,
+          "camera = outputs at the anchor image's size; model = at the model's input size (no upsampling, small "
+          "messages), with the camera's CameraInfo (rgb/camera_info) scaled to it on ~/camera_info",
+          choices=RESOLUTIONS),
     Param("outputs.queue_depth", INTEGER, 2, "history depth of the (reliable) output publishers", low=1, high=100,
           step=1),
     Param("outputs.points", BOOL, False,
@@ -187,6 +193,7 @@ class NodeConfig:
     publish_confidence: bool
     publish_color: bool
     color_alpha: float
+    output_resolution: str
     output_depth: int
     diagnostics_period: float
     error_hold: float
@@ -248,6 +255,7 @@ class NodeConfig:
             publish_confidence=v["outputs.confidence"],
             publish_color=v["outputs.color"],
             color_alpha=v["outputs.color_alpha"],
+            output_resolution=v["outputs.resolution"],
             output_depth=v["outputs.queue_depth"],
             diagnostics_period=v["diagnostics.period"],
             error_hold=v["diagnostics.error_hold"],

@@ -30,7 +30,7 @@ from .. import msgs
 from ..errors import MessageError, MMSegError
 from ..sync import NS_PER_S, SyncConfig, SyncSet, Synchronizer, stamp_to_ns
 from . import checks, diagnostics, outputs, painting
-from .config import CAMERA, LIDAR, POINTS, NodeConfig
+from .config import CAMERA, LIDAR, POINTS, RESOLUTION_MODEL, NodeConfig
 from .stats import InputHealth, LatencyWindow, LostMessages, RateMeter
 
 BadInputHandler = Callable[[str, str, int], None]  # (input name, reason, now ns)
@@ -69,6 +69,7 @@ class SegmentedSet:
     router: Dict[str, Any] = field(default_factory=dict)  # router.<level>.<modality> -> weight (MLE-SAM)
     points: Optional[np.ndarray] = None  # the set's LiDAR cloud painted with the outputs (outputs.points)
     points_header: Any = None  # that cloud's own header (its frame and stamp)
+    camera_info: Any = None  # the camera's newest CameraInfo, for ~/camera_info at outputs.resolution=model
 
 
 @dataclass
@@ -87,12 +88,13 @@ class Pipeline:
                  output_size: Optional[Tuple[int, int]] = None, on_bad_input: Optional[BadInputHandler] = None,
                  camera_info_source: str = "camera_info", keep_all_samples: bool = False, transforms=None,
                  on_warning: Optional[Callable[[str], None]] = None, started_ns: Optional[int] = None):
-        """`color` (default: config.publish_color) builds the overlay; `output_size` (default: the anchor image's)
-        sizes the outputs; `on_bad_input` hears every rejection (the node logs it, the replay may give up);
-        `keep_all_samples` keeps every timing sample instead of the last 200 (a replay reports them all);
-        `transforms` (anything with `lookup(target, source, stamp_ns) -> 4x4`, e.g. a TransformTree) gives the
-        LiDAR extrinsic when inputs.lidar_extrinsic is not set; `on_warning` hears one-time configuration warnings;
-        `started_ns` (activation) is when the wait for the first output begins."""
+        """`color` (default: config.publish_color) builds the overlay; `output_size` (default: the anchor image's,
+        or the model's input size with outputs.resolution=model) sizes the outputs; `on_bad_input` hears every
+        rejection (the node logs it, the replay may give up); `keep_all_samples` keeps every timing sample instead of
+        the last 200 (a replay reports them all); `transforms` (anything with `lookup(target, source, stamp_ns) ->
+        4x4`, e.g. a TransformTree) gives the LiDAR extrinsic when inputs.lidar_extrinsic is not set; `on_warning`
+        hears one-time configuration warnings; `started_ns` (activation) is when the wait for the first output
+        begins."""
         self.config = config
         self.segmenter = segmenter
         self.color = config.publish_color if color is None else bool(color)
@@ -111,8 +113,11 @@ class Pipeline:
         self.transforms = transforms
         self.on_warning = on_warning or logging.getLogger("mmseg_ros").warning
         self._warned: set = set()
+        self._camera_info = None  # the message behind self._camera: scaled for ~/camera_info
+        self._palette = outputs.palette_lut(config.card.class_set)
         window = None if keep_all_samples else 200
-        self.decode_ms, self.wait_ms, self.model_ms, self.latency_ms = (LatencyWindow(window) for _ in range(4))
+        self.decode_ms, self.wait_ms, self.model_ms, self.latency_ms, self.anchor_wait_ms = (
+            LatencyWindow(window) for _ in range(5))
         self.rate_in, self.rate_out = RateMeter(), RateMeter()
         self.processed = 0  # sets segmented
         self.published_count = 0
@@ -191,8 +196,12 @@ class Pipeline:
         try:
             self._camera = msgs.camera_from_info(msg, self.config.camera_model)
         except MessageError as exc:
-            self._bad_input(LIDAR, f"CameraInfo on {self.camera_info_source}: {exc}", now_ns)
+            # Reported against the input it serves: the LiDAR's points, else the camera whose outputs it describes.
+            owner = LIDAR if self._points and LIDAR in self.inputs else CAMERA
+            if owner in self.inputs:
+                self._bad_input(owner, f"CameraInfo on {self.camera_info_source}: {exc}", now_ns)
             return
+        self._camera_info = msg
         self._camera_frame = str(getattr(msg.header, "frame_id", "") or self._camera_frame)
 
     def note_publishers(self, name: str, count: int) -> None:
@@ -260,13 +269,22 @@ class Pipeline:
             self.below_min += 1
             return None
         anchor = sset.messages[sset.anchor]
-        self.wait_ms.add((now_ns - anchor.arrival_ns) / 1e6)
+        # The wait the node adds: from the set's last input to its processing (the synchronizer settling, the hand-off
+        # to the worker). The inputs' own spread (a LiDAR scanning 25 ms after the camera) is the sensors' timing.
+        self.wait_ms.add((now_ns - max(m.arrival_ns for m in sset.messages.values())) / 1e6)
+        self.anchor_wait_ms.add((now_ns - anchor.arrival_ns) / 1e6)  # ... and including that spread
         checked = time.perf_counter()
-        result = self.segmenter.segment(images, output_size=self.output_size or anchor_size)
+        size = self.output_size or (cfg.card.input_size if cfg.output_resolution == RESOLUTION_MODEL else anchor_size)
+        result = self.segmenter.segment(images, output_size=size)
         segmented = time.perf_counter()
         color = None
         if self.color:
-            color = outputs.overlay(cfg.card.class_set.colorize(result.labels), images.get(CAMERA), cfg.color_alpha)
+            camera = images.get(CAMERA)
+            if cfg.output_resolution == RESOLUTION_MODEL:  # the camera at the outputs' size, as the model saw it
+                camera = result.resized.get(CAMERA, camera)
+                camera = outputs.resize_for_overlay(camera, result.labels.shape[:2])  # output_size overridden
+            color = outputs.overlay(outputs.colorize(result.labels, cfg.card.class_set, self._palette), camera,
+                                    cfg.color_alpha)
         overlaid = time.perf_counter()
         timing = {"checks": 1e3 * (checked - begin), **result.timing, "overlay": 1e3 * (overlaid - segmented)}
         painted = self._paint(cloud, result, now_ns) if cfg.publish_points else None
@@ -277,7 +295,7 @@ class Pipeline:
             used=tuple(result.modalities), missing=missing, timing=timing, header=self._output_header(sset),
             labels=result.labels, confidence=result.confidence, color=color, images=images,
             router=outputs.router_summary(result.router_weights), points=painted,
-            points_header=cloud[0].header if painted is not None else None)
+            points_header=cloud[0].header if painted is not None else None, camera_info=self._camera_info)
         self.processed += 1
         self.anchor_counts[output.anchor] += 1
         for name in output.used:
@@ -373,7 +391,8 @@ class Pipeline:
             rate_in_hz=self.rate_in.rate(now_ns), rate_out_hz=self.rate_out.rate(now_ns),
             published=self.published_count, sets_emitted=stats.sets_emitted, dropped_superseded=self.superseded,
             dropped_below_min=stats.sets_below_min + self.below_min, latency_ms=self.latency_ms.percentiles(),
-            wait_ms=self.wait_ms.percentiles(), model_ms=self.model_ms.percentiles(),
+            wait_ms=self.wait_ms.percentiles(), anchor_wait_ms=self.anchor_wait_ms.percentiles(),
+            model_ms=self.model_ms.percentiles(),
             modalities_used=self._last_used, last_output_age_s=None if last is None else (now_ns - last) / NS_PER_S,
             output_timeout_s=cfg.output_timeout, hardware_id=hardware_id,
             extra={**self._router, **({"unpainted_sets": self.unpainted} if cfg.publish_points else {})})

@@ -19,8 +19,10 @@ Node (name "<node>: segmentation"):
   the last one, or since activation); WARN when the last output lacked a subscribed input (degraded); OK otherwise.
   values: card, device, anchor, rate_in_hz (sets per second), rate_out_hz, published, sets_emitted,
           dropped_superseded (latest wins), dropped_below_min, latency_p50_ms / latency_p95_ms (anchor stamp to
-          publish, node clock), wait_p50_ms / wait_p95_ms (anchor arrival to the model starting: synchronizer wait
-          plus worker queue), model_p50_ms / model_p95_ms (engine: preprocess + forward + postprocess),
+          publish, node clock), wait_p50_ms / wait_p95_ms (the set's last input's arrival to the model starting: what
+          the synchronizer and the worker queue add), anchor_wait_p50_ms / anchor_wait_p95_ms (the anchor's arrival
+          to the model starting: the inputs' own spread included), model_p50_ms / model_p95_ms (engine: preprocess +
+          forward + postprocess),
           modalities_used (the last output's), missing_inputs, last_output_age_s, router.<level>.<modality> (MLE-SAM)
 Levels are diagnostic_msgs/DiagnosticStatus' OK / WARN / ERROR.
 """
@@ -81,6 +83,7 @@ class NodeReport:
     last_output_age_s: Optional[float]  # since the last output, or since activation when there was none
     output_timeout_s: float
     hardware_id: str = ""  # the node's fully qualified name
+    anchor_wait_ms: Optional[Tuple[float, float]] = None  # anchor arrival -> model start (inputs' spread included)
     extra: Mapping[str, Any] = field(default_factory=dict)  # e.g. router weights
 
 
@@ -165,6 +168,8 @@ def node_status(node: str, report: NodeReport, inputs: Sequence[InputReport], pe
         "latency_p95_ms": _num(report.latency_ms[1] if report.latency_ms else None),
         "wait_p50_ms": _num(report.wait_ms[0] if report.wait_ms else None),
         "wait_p95_ms": _num(report.wait_ms[1] if report.wait_ms else None),
+        "anchor_wait_p50_ms": _num(report.anchor_wait_ms[0] if report.anchor_wait_ms else None),
+        "anchor_wait_p95_ms": _num(report.anchor_wait_ms[1] if report.anchor_wait_ms else None),
         "model_p50_ms": _num(report.model_ms[0] if report.model_ms else None),
         "model_p95_ms": _num(report.model_ms[1] if report.model_ms else None),
         "modalities_used": ",".join(report.modalities_used),

@@ -32,7 +32,7 @@ from ..evaluation.tables import _num, markdown_table, per_class_table, scores_en
 from .scoring import Scorer
 
 SCHEMA = "mmseg_ros/replay/1"
-STAGES = ("decode", "sync_wait", "preprocess", "forward", "postprocess", "encode", "total")
+STAGES = ("decode", "sync_wait", "anchor_wait", "preprocess", "forward", "postprocess", "encode", "total")
 
 
 def latency_entry(samples: Sequence[float]) -> Optional[Dict[str, float]]:

@@ -101,6 +101,7 @@ def replay_offline(bag_path, config: NodeConfig, *, drops: Iterable[Drop] = (), 
                               f"(messages read: {replay.messages})")
         stage_ms["decode"] = replay.pipeline.decode_ms.samples()
         stage_ms["sync_wait"] = replay.pipeline.wait_ms.samples()
+        stage_ms["anchor_wait"] = replay.pipeline.anchor_wait_ms.samples()
         doc = _document(bag, config, segmenter, inputs, drops, score_size, replay, scorer, stage_ms, wall, output,
                         extrinsic_from)
     if out is not None:

@@ -110,6 +110,9 @@ class SegmentNodeCore:
             self._publishers["color"] = pub(Image, "~/color", out_qos)
         if cfg.publish_points:
             self._publishers["points"] = pub(PointCloud2, "~/points", out_qos)
+        model_resolution = cfg.output_resolution == node_config.RESOLUTION_MODEL
+        if model_resolution:  # the camera's CameraInfo scaled to the outputs, beside them
+            self._publishers["camera_info"] = pub(CameraInfo, "~/camera_info", out_qos)
         self._publishers["class_names"] = pub(String, "~/class_names", latched)
         self._publishers["diagnostics"] = pub(DiagnosticArray, "/diagnostics", 10)
         self._publishers["class_names"].publish(String(data=self._class_names_json()))
@@ -133,7 +136,7 @@ class SegmentNodeCore:
             self._subscriptions.append(self._subscribe(
                 kind, topic, lambda msg, name=name: self._on_input(name, msg), in_qos,
                 lambda info, name=name: self.pipeline.note_lost(name, info.total_count_change, self._now())))
-        if LIDAR in topics and cfg.lidar_source == POINTS:
+        if (LIDAR in topics and cfg.lidar_source == POINTS) or model_resolution:
             self._subscriptions.append(self._subscribe(
                 CameraInfo, node_config.camera_info_topic(), self._on_camera_info, in_qos))
         self._topics = {name: self.node.resolve_topic_name(topic) for name, topic in topics.items()}

@@ -1,0 +1,28 @@
+"""`mmseg bench node`'s own logic without DDS: camera sizes as cameras name them, and a row's ratios and latency."""
+import pytest
+
+from mmseg_ros.bench import node
+from mmseg_ros.errors import ConfigError
+
+
+def test_sizes_are_square_or_width_by_height():
+    assert node.image_size("1024") == (1024, 1024)
+    assert node.image_size("1920x1200") == (1920, 1200) and node.size_label((1920, 1200)) == "1920x1200"
+    assert node.image_size("2048X1536") == (2048, 1536)
+    for bad in ("1920x", "x1200", "big", "1x2x3"):
+        with pytest.raises(ConfigError, match="WIDTHxHEIGHT"):
+            node.image_size(bad)
+
+
+def test_row_sums_stages_and_adds_transport_wait_and_forward_to_the_latency():
+    stages = {"decode": 0.001, "sync": 0.0005, "preprocess": 0.002, "postprocess": 0.003, "encode": 0.0025,
+              "publish": 0.001, "encode.labels": 0.0005, "encode.confidence": 0.001, "encode.color": 0.001,
+              "forward": 0.030, "sync_wait": 0.0}
+    group = [{"transport": 0.020}, {"transport": 0.020}, {"transport": 0.020}]
+    timed = [(s, stages) for s in group[1:]]
+    row = dict(zip(["size", "inputs", "sets", "transport", "transport p95", *node.STAGES,
+                    *(f"encode.{k}" for k in node.OUTPUTS), "overhead", "overhead p95", "ratio", "forward",
+                    "sync wait", "latency", "latency - forward"], node._row((1920, 1200), 4, group, timed, 3)))
+    assert row["size"] == "1920x1200" and row["sets"] == "3/3"
+    assert row["overhead"] == pytest.approx(10.0) and row["ratio"] == pytest.approx(0.5)
+    assert row["latency"] == pytest.approx(20.0 + 10.0 + 30.0) and row["latency - forward"] == pytest.approx(30.0)
