@@ -9,7 +9,8 @@ For every other input the set takes the message whose stamp is nearest to the an
 (ties go to the newer message; one message may serve several sets). A set is emitted as soon as it is settled
 (every live input has a match and no nearer message can follow: it has delivered a stamp at or after the anchor
 stamp, or its next stamp, predicted from its period, would be farther from the anchor stamp than the match; a silent
-input is not waited for) or once `max_wait` has passed since the anchor message arrived. The prediction assumes an
+input is not waited for; while any input is silent nothing is predicted, since it may come back during the wait
+and join) or once `max_wait` has passed since the anchor message arrived. The prediction assumes an
 input's next stamp comes at least PERIOD_SHARE of its shortest recent stamp interval after its newest one (a steady
 sensor delivering in order); an input predicts only after MIN_INTERVALS in-order intervals, and a message older than
 its newest (reordering) starts that count again, so a reordering input is waited for as before. The early emission
@@ -510,20 +511,26 @@ class Synchronizer:
     def _settled(self, pending: _Pending, now: int) -> bool:
         """Waiting cannot change the set: for every other live input no nearer message can follow (arriving in
         order). A silent input holds nothing back."""
-        for name, inp in self._inputs.items():
-            if name == pending.anchor or self._silent(inp, now):
+        others = [inp for name, inp in self._inputs.items() if name != pending.anchor]
+        # While an input is silent it may come back during the wait for the others and then join the set: predicting
+        # would emit before that, so the set would differ. Then every input is waited for as before.
+        predict = not any(self._silent(inp, now) for inp in others)
+        for inp in others:
+            if self._silent(inp, now):
                 continue
-            if not self._input_settled(inp, pending.stamp):
+            if not self._input_settled(inp, pending.stamp, predict):
                 return False
         return True
 
-    def _input_settled(self, inp: _Input, stamp: int) -> bool:
+    def _input_settled(self, inp: _Input, stamp: int, predict: bool = True) -> bool:
         """The input has a match for `stamp` and no nearer message can follow."""
         match = self._nearest(inp, stamp)
         if match is None:
             return False
         if inp.newest >= stamp:  # its stamps have passed the anchor's
             return True
+        if not predict:
+            return False
         upcoming = inp.next_stamp()
         # Ties go to the newer message, so the next one must be strictly farther than the match.
         return upcoming is not None and upcoming - stamp > stamp - match.stamp
