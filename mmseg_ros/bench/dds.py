@@ -13,7 +13,6 @@ Run it with each distro's environment (e.g. the Kilted and the Jazzy venv) to fi
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import select
@@ -24,11 +23,13 @@ import time
 from pathlib import Path
 
 from ..errors import ConfigError
+from .peers import emit, read_event
 
 PLACEMENTS = {"neither": (False, False), "subscriber only": (False, True), "publisher only": (True, False),
               "both": (True, True)}
 TOPIC = "mmseg_bench_dds/image"
 NAMESPACE = "/mmseg_bench_dds"
+PEER = "bench dds: a peer process"
 NS = 1_000_000_000
 
 
@@ -81,31 +82,19 @@ def _peer(args) -> int:
                 pub.publish(msg)
                 time.sleep(1.0 / args.rate)
             time.sleep(0.5)
-            print(json.dumps({"sent": args.frames}), flush=True)
+            emit("sent", sent=args.frames)
             return 0
         received = set()
         node.create_subscription(Image, TOPIC, lambda m: received.add(m.header.frame_id), qos_profile_sensor_data)
-        print(json.dumps({"ready": True}), flush=True)
+        emit("ready")
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not select.select([sys.stdin], [], [], 0)[0]:
             rclpy.spin_once(node, timeout_sec=0.05)
-        print(json.dumps({"received": len(received)}), flush=True)
+        emit("received", received=len(received))
         return 0
     finally:
         node.destroy_node()
         rclpy.try_shutdown()
-
-
-def _json_line(proc, key: str, timeout: float) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if select.select([proc.stdout], [], [], 0.1)[0]:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            if line.startswith("{") and key in json.loads(line):
-                return json.loads(line)
-    raise ConfigError(f"bench dds: a peer did not report {key!r} (exit code {proc.poll()})")
 
 
 def _transport(args, pub_profile: bool, sub_profile: bool) -> tuple:
@@ -115,14 +104,14 @@ def _transport(args, pub_profile: bool, sub_profile: bool) -> tuple:
                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     pub = None
     try:
-        _json_line(sub, "ready", 60)
+        read_event(sub, "ready", 60, PEER)
         pub = subprocess.Popen(command + ["--role", "pub"], env=_environment(pub_profile), text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        sent = _json_line(pub, "sent", 60 + args.frames / args.rate)["sent"]
+        sent = read_event(pub, "sent", 60 + args.frames / args.rate, PEER)["sent"]
         time.sleep(0.3)
         sub.stdin.write("stop\n")
         sub.stdin.flush()
-        received = _json_line(sub, "received", 20)["received"]
+        received = read_event(sub, "received", 20, PEER)["received"]
     finally:
         for proc in (pub, sub):
             if proc is not None and proc.poll() is None:

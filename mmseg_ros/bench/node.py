@@ -19,15 +19,16 @@ are per set (all inputs); the node overhead is their per-set sum. The first set 
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
 from typing import Optional
 
 from .. import precision as precisions
 from ..errors import ConfigError
+from .peers import emit, read_event
 
 ROLE_PUBLISHER = "publisher"
+PUBLISHER = "bench node: the publisher process"
 PREFIX = "mmseg_bench_node"  # private topic namespace: a node running in the same domain is not disturbed
 OUTPUTS = ("labels", "confidence", "color")
 STAGES = ("decode", "sync", "preprocess", "postprocess", "encode", "publish")
@@ -70,10 +71,6 @@ def configure(parser):
 
 def _topic(name: str) -> str:
     return f"{PREFIX}/{name}"
-
-
-def _emit(event: str, **fields) -> None:
-    print(json.dumps({"event": event, **fields}), flush=True)
 
 
 def _card_name(args) -> str:
@@ -139,7 +136,7 @@ def _publisher(args) -> int:
                     pubs[name].publish(msg)
                 time.sleep(max(0.0, start + (i + 1) / args.rate - time.monotonic()))
             time.sleep(0.5)
-        _emit("sent", sets=args.sets, sizes=[size_label(s) for s in args.sizes])
+        emit("sent", sets=args.sets, sizes=[size_label(s) for s in args.sizes])
         # Keep the output subscriptions alive while the other process publishes to them; spin so they take data.
         import select
 
@@ -148,7 +145,7 @@ def _publisher(args) -> int:
         drain = time.monotonic() + 0.5  # outputs published just before "stop" are still on their way
         while time.monotonic() < drain:
             rclpy.spin_once(node, timeout_sec=0.05)
-        _emit("outputs", received=received)
+        emit("outputs", received=received)
         return 0
     finally:
         node.destroy_node()
@@ -277,7 +274,7 @@ def _bench(args) -> int:
                    "--sets", str(args.sets), "--rate", str(args.rate), "--card", card.name,
                    "--timeout", str(args.timeout), "--sizes", *map(size_label, args.sizes)]
         peer = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        line = _read_event(peer, "sent", args.timeout)
+        line = read_event(peer, "sent", args.timeout, PUBLISHER)
         time.sleep(0.3)
         collecting.clear()
         sets = _complete_sets(arrivals, card.modalities)
@@ -298,7 +295,7 @@ def _bench(args) -> int:
             rows.append(_row(size, len(card.modalities), group, timed, args.sets))
         peer.stdin.write("stop\n")
         peer.stdin.flush()
-        outputs = _read_event(peer, "outputs", 20)
+        outputs = read_event(peer, "outputs", 20, PUBLISHER)
     finally:
         spinner.close()
         if peer is not None and peer.poll() is None:
@@ -308,22 +305,6 @@ def _bench(args) -> int:
                 peer.kill()
     _print_table(rows, card, outputs, stages)
     return 0
-
-
-def _read_event(peer, event: str, timeout: float) -> dict:
-    import select
-
-    from ..errors import ConfigError
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if select.select([peer.stdout], [], [], 0.1)[0]:
-            line = peer.stdout.readline()
-            if not line:
-                break
-            if line.startswith("{") and json.loads(line).get("event") == event:
-                return json.loads(line)
-    raise ConfigError(f"bench node: the publisher process did not report {event!r} (exit code {peer.poll()})")
 
 
 def _complete_sets(arrivals, names) -> list:
