@@ -41,7 +41,7 @@ DDS_FOR_ALL_ARGUMENT = launch_args.DDS_FOR_ALL_ARGUMENT
 
 def _profile_environment():
     """The profile variables to set (none when the user set either: their choice wins, as in dds)."""
-    if any(name in os.environ for name in dds.PROFILE_VARIABLES):
+    if dds.chosen_profiles():
         return {}
     profile = os.path.join(get_package_share_directory(PACKAGE), DDS_PROFILE)
     return {name: profile for name in dds.profile_variables(dds.fastdds_generation())}

@@ -68,7 +68,7 @@ def configure_transport(environ: MutableMapping[str, str] = os.environ,
     """Point Fast DDS at the shipped profile unless the user already chose one: a user's setting of either name
     wins, even an empty value, which some set on purpose to get Fast DDS' built-in defaults. `generation` (2 or 3;
     default: the installed one) picks the variable; both are set when it is unknown."""
-    chosen = tuple((name, environ[name]) for name in PROFILE_VARIABLES if name in environ)
+    chosen = chosen_profiles(environ)
     if chosen:
         return TransportSetup(chosen, False, "already set in the environment (by you or a launch file); kept")
     value = str(profile_path())
@@ -77,6 +77,11 @@ def configure_transport(environ: MutableMapping[str, str] = os.environ,
         environ[name] = value
     return TransportSetup(tuple((name, value) for name in names), True,
                           "shipped shared-memory profile for large images")
+
+
+def chosen_profiles(environ: Mapping[str, str] = os.environ) -> Tuple[Tuple[str, str], ...]:
+    """The profile variables already set (by the user or a launch file): those are never overridden."""
+    return tuple((name, environ[name]) for name in PROFILE_VARIABLES if name in environ)
 
 
 def profile_variables(generation: Optional[int]) -> Tuple[str, ...]:
