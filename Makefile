@@ -43,7 +43,7 @@ $(call stamp,$(1)): setup.py Makefile
 	$(VENV_$(1))/bin/python -m pip install -q hydra-core iopath tqdm pillow
 	SAM2_BUILD_CUDA=0 $(VENV_$(1))/bin/python -m pip install -q --no-deps --no-build-isolation sam2==$(SAM2_VERSION)
 	$(VENV_$(1))/bin/python -m pip install -q $(ROS_WHEELS_$(1))
-	$(VENV_$(1))/bin/python -m pip install -q opencv-python-headless rosbags pyyaml matplotlib \
+	$(VENV_$(1))/bin/python -m pip install -q opencv-python-headless numba rosbags pyyaml matplotlib \
 		pytest hypothesis ruff vermin colcon-core colcon-ros
 	$(VENV_$(1))/bin/python -m pip install -q --no-deps -e .
 	$(VENV_$(1))/bin/python -c "import torch, sam2, rclpy, mmseg_ros; \

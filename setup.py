@@ -40,7 +40,7 @@ setup(
         *tree("models", skip=TEST_ONLY),
         *tree("train"),
     ],
-    install_requires=["numpy", "pyyaml", "tqdm", "opencv-python-headless", "rosbags", "pillow", "matplotlib"],
+    install_requires=["numpy", "numba", "pyyaml", "tqdm", "opencv-python-headless", "rosbags", "pillow", "matplotlib"],
     extras_require={"test": ["pytest", "hypothesis"]},
     zip_safe=True,
     maintainer="mmseg_ros developers",

@@ -23,19 +23,15 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Dict, Mapping, Optional, Tuple
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from . import cards, precision as precisions, preprocess
 from .errors import ConfigError
+from .upsampling import upsample_argmax
 
 MAX_UINT8_CLASSES = 255  # ids 0..254 in uint8; 255 stays "unlabeled" for consumers
-CV2_MAX_CHANNELS = 128  # OpenCV 5 maps at most this many channels of a numpy array to one image (measured)
-# Up to this many output pixels per model pixel (2x per axis) upsampling all K maps is cheaper than the shortcut's
-# bookkeeping (25 classes, 128 -> 256 px: 3.3 vs 4.4 ms on 2 CPU cores; from 384 px on the shortcut wins).
-FULL_UPSAMPLING_MAX_RATIO = 4
 
 
 @dataclass
@@ -150,22 +146,16 @@ class Segmenter:
 
         The softmax is taken at the model's resolution and the class probabilities are upsampled bilinearly;
         labels are their argmax and confidence their max. Exponentiating K full-size maps instead cost 4x as much
-        (1024 px, 25 classes: ~450 ms vs ~110 ms on 2 CPU cores) for no information the model has. On the CPU,
-        beyond 2x per axis, `upsample_argmax` gives the same result without upsampling K maps (1024 px: ~9 ms vs
-        ~30-40); on CUDA the full upsampling runs on the device and only the labels (already narrowed to their
-        dtype) and the confidence are copied back."""
+        (1024 px, 25 classes: ~450 ms vs ~110 ms on 2 CPU cores) for no information the model has. On the CPU
+        `upsampling.upsample_argmax` gives the same result without upsampling K maps (25 classes, 128 px to 1024:
+        1.9 ms vs 129 ms; it wins at every size measured, 128 px included); on CUDA the full upsampling runs on the
+        device and only the labels (already narrowed to their dtype) and the confidence are copied back."""
         dtype = np.uint8 if self.num_classes <= MAX_UINT8_CLASSES else np.uint16
         probabilities = torch.softmax(logits.float(), dim=1)
         height, width = size
-        classes, h, w = probabilities.shape[1:]
-        on_cpu = probabilities.device.type == "cpu"
-        if on_cpu and (height * width > FULL_UPSAMPLING_MAX_RATIO * h * w or classes > CV2_MAX_CHANNELS):
-            return upsample_argmax(np.ascontiguousarray(probabilities[0].permute(1, 2, 0).numpy()), size, dtype)
-        if on_cpu and (h, w) != (height, width):  # OpenCV's resize is ~6x faster than torch's on the CPU
-            hwk = np.ascontiguousarray(probabilities[0].permute(1, 2, 0).numpy())
-            upsampled = cv2.resize(hwk, (width, height), interpolation=cv2.INTER_LINEAR)
-            probabilities = torch.from_numpy(upsampled.reshape(height, width, classes)).permute(2, 0, 1)[None]
-        elif (h, w) != (height, width):
+        if probabilities.device.type == "cpu":
+            return upsample_argmax(probabilities[0].permute(1, 2, 0).numpy(), size, dtype)
+        if probabilities.shape[2:] != (height, width):
             probabilities = F.interpolate(probabilities, size=(height, width), mode="bilinear", align_corners=False)
         confidence, labels = probabilities[0].max(dim=0)
         # torch has no uint16 arithmetic on every build: int32 on the device, narrowed to uint16 on the host.
@@ -190,94 +180,3 @@ def _router_weights(out, names) -> Optional[Dict[str, Dict[str, float]]]:
     order = out.get("modalities", tuple(names))
     return {level: {m: float(w) for m, w in zip(order, tensor[0].float().cpu().tolist())}
             for level, tensor in weights.items()}
-
-
-# -- exact bilinear argmax without upsampling every class -------------------------------------------------------------
-
-
-def _taps(n_out: int, n_in: int):
-    """Bilinear taps of cv2.resize / F.interpolate(align_corners=False) along one axis: for each output index the
-    first and second source index and their float32 weights (source position clamped at 0, second index at the
-    edge)."""
-    position = np.maximum((np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5, 0.0)
-    first = np.minimum(np.floor(position).astype(np.intp), n_in - 1)
-    second = np.minimum(first + 1, n_in - 1)
-    weight = (position - first).astype(np.float32)
-    return first, second, np.float32(1.0) - weight, weight
-
-
-def _bilinear(corners, a0, a1, b0, b1) -> np.ndarray:
-    """(v00 * a0 + v01 * a1) * b0 + (v10 * a0 + v11 * a1) * b1 for the four (M, N) corner arrays and (N,) weights,
-    in place where it can be (the order of cv2.resize's float bilinear: along x, then along y)."""
-    v00, v01, v10, v11 = corners
-    top = v00 * a0
-    scratch = v01 * a1
-    top += scratch
-    top *= b0
-    bottom = np.multiply(v10, a0)
-    np.multiply(v11, a1, out=scratch)
-    bottom += scratch
-    bottom *= b1
-    top += bottom
-    return top
-
-
-def upsample_argmax(probabilities: np.ndarray, size: Tuple[int, int], dtype=np.uint8) -> Tuple[np.ndarray, np.ndarray]:
-    """(h, w, K) class probabilities -> (labels (H, W) `dtype`, confidence (H, W) float32): the argmax and max of
-    their bilinear upsampling to `size`, without upsampling K maps.
-
-    Each output pixel blends the 2x2 source pixels of its cell. Where the four share their argmax class c, the blend
-    keeps c the argmax (a convex combination keeps the dominance) and its value is the blend of the max-probability
-    map, so one upsampled map gives label and confidence. Where they disagree (class boundaries, ~5% of the pixels of
-    a 128 px model output) only the (at most four) classes that win a source can win the blend unless another class
-    exceeds the winner somewhere among the four sources: the candidates are blended per pixel, and the pixels where
-    the best candidate does not beat every other class's largest source value get all K classes. Labels equal those
-    of the full upsampling except where two classes tie to rounding; confidence agrees within float32 rounding."""
-    h, w, classes = probabilities.shape
-    height, width = int(size[0]), int(size[1])
-    sentinel = np.iinfo(dtype).max  # not a class: K <= 255 in uint8, K < 65535 in uint16
-    best = probabilities.argmax(axis=2)
-    peak = probabilities.max(axis=2)
-    if (h, w) == (height, width):
-        return best.astype(dtype), peak.astype(np.float32, copy=False)
-    confidence = cv2.resize(peak, (width, height), interpolation=cv2.INTER_LINEAR)
-    y0, y1, wy0, wy1 = _taps(height, h)
-    x0, x1, wx0, wx1 = _taps(width, w)
-    below, right = np.minimum(np.arange(h) + 1, h - 1), np.minimum(np.arange(w) + 1, w - 1)
-    corners = np.stack([best, best[:, right], best[below], best[below][:, right]], axis=-1)  # (h, w, 4) per cell
-    mixed = (corners != corners[..., :1]).any(axis=-1)
-    cells = np.where(mixed, sentinel, best).astype(dtype)
-    # Output pixels of one cell are runs of rows and columns (the taps are monotonic): repeat instead of gathering.
-    labels = np.repeat(np.repeat(cells, np.bincount(y0, minlength=h), axis=0), np.bincount(x0, minlength=w), axis=1)
-    flat = np.flatnonzero(labels == sentinel)
-    if flat.size == 0:
-        return labels, confidence
-    rows, cols = np.divmod(flat, width)
-    cell_y, cell_x = np.nonzero(mixed)
-    index = np.full((h, w), -1, np.intp)
-    index[cell_y, cell_x] = np.arange(cell_y.size)
-    src_y = np.stack([cell_y, cell_y, below[cell_y], below[cell_y]], axis=1)  # (C, 4): the cell's sources
-    src_x = np.stack([cell_x, right[cell_x], cell_x, right[cell_x]], axis=1)
-    source = probabilities[src_y, src_x]  # (C, 4 sources, K)
-    candidates = corners[cell_y, cell_x]  # (C, 4): each source's class (repeats are harmless)
-    values = np.take_along_axis(source, candidates[:, None, :], axis=2)  # (C, source, candidate)
-    others = source.copy()
-    np.put_along_axis(others, np.broadcast_to(candidates[:, None, :], values.shape), -1.0, axis=2)
-    bound = others.max(axis=(1, 2))  # the largest source value of any non-candidate class
-    cell = index[y0[rows], x0[cols]]
-    a0, a1, b0, b1 = wx0[cols], wx1[cols], wy0[rows], wy1[rows]
-    # Candidate-major (source, candidate, pixel): long contiguous rows with 1-D weights run ~3x faster than
-    # (pixel, candidate) rows of four. Blended in cv2's order: along x per source row, then along y.
-    v = np.take(np.ascontiguousarray(values.transpose(1, 2, 0)), cell, axis=2)
-    blend = _bilinear(v, a0, a1, b0, b1)  # (candidate, N)
-    pick = blend.argmax(axis=0)
-    top = blend[pick, np.arange(pick.size)]
-    chosen = np.ascontiguousarray(candidates.T).astype(dtype)[pick, cell]
-    unsure = np.flatnonzero(top <= bound[cell])
-    if unsure.size:  # another class might win here: blend all K
-        s = source[cell[unsure]].transpose(1, 2, 0)  # (source, K, n)
-        full = _bilinear(s, a0[unsure], a1[unsure], b0[unsure], b1[unsure])
-        chosen[unsure], top[unsure] = full.argmax(axis=0), full.max(axis=0)
-    labels.reshape(-1)[flat] = chosen
-    confidence.reshape(-1)[flat] = top
-    return labels, confidence

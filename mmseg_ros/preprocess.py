@@ -102,6 +102,13 @@ def area(image: np.ndarray, target_hw) -> np.ndarray:
     (a single-pass average in the raw dtype: half a step)."""
     height, width = int(target_hw[0]), int(target_hw[1])
     src_h, src_w = image.shape[:2]
+    if image.dtype.kind != "f" and src_h % (2 * height) == 0 and src_w % (2 * width) == 0 \
+            and src_h >= 4 * height and src_w >= 4 * width:
+        # Even whole factors of 4 or more (1024 -> 128): cv2's 2x2 mean in the raw dtype first (its vectorised path;
+        # the 8x8 average in one uint8 pass took ~2x as long), half a step of rounding, the rest in float32.
+        half = cv2.resize(image, (src_w // 2, src_h // 2), interpolation=cv2.INTER_AREA)
+        averaged = cv2.resize(half.astype(np.float32), (width, height), interpolation=cv2.INTER_AREA)
+        return np.rint(averaged).astype(image.dtype)
     if src_w % width == 0 and src_h % height:
         partial = cv2.resize(image, (width, src_h), interpolation=cv2.INTER_AREA)
     elif src_h % height == 0 and src_w % width:

@@ -37,6 +37,8 @@ SAM2_VERSION = "1.1.0"  # as the Makefile pins it
 MODULES = {
     "yaml": "pyyaml",
     "cv2": "opencv-python-headless",
+    "numba": "numba",
+    "llvmlite": "llvmlite",  # numba's compiler, installed --no-deps like the rest
     "hydra": "hydra-core",
     "omegaconf": "omegaconf>=2.2,<2.4",  # what hydra-core 1.3 accepts
     "antlr4": "antlr4-python3-runtime==4.9.3",  # the version omegaconf 2.x requires

@@ -29,9 +29,9 @@ NOT_IN_A_CLONE = (".git", ".venv*", "build", "install", "log", "out", "runs", "d
 
 # Imported module -> the rosdep key that installs it (rosdistro's rosdep/python.yaml for Python libraries; a ROS
 # package's key is its name). tf2_ros the Python module ships in the package tf2_ros_py.
-ROSDEP_KEYS = {"numpy": "python3-numpy", "cv2": "python3-opencv", "yaml": "python3-yaml", "tqdm": "python3-tqdm",
-               "matplotlib": "python3-matplotlib", "PIL": "python3-pil", "rosbags": "python3-rosbags-pip",
-               "tf2_ros": "tf2_ros_py"}
+ROSDEP_KEYS = {"numpy": "python3-numpy", "numba": "python3-numba", "cv2": "python3-opencv", "yaml": "python3-yaml",
+               "tqdm": "python3-tqdm", "matplotlib": "python3-matplotlib", "PIL": "python3-pil",
+               "rosbags": "python3-rosbags-pip", "tf2_ros": "tf2_ros_py"}
 ROS_PACKAGES = ("rclpy", "launch", "launch_ros", "ament_index_python", "tf2_ros")
 IMPLIED = {"rclpy.lifecycle": "lifecycle_msgs"}  # imported through rclpy, a package of its own
 # No rosdep key fits: the README's colcon recipe installs them with pip.

@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mmseg_ros import cards, modalities, preprocess
-from mmseg_ros.engine import CV2_MAX_CHANNELS, Segmenter, resolve_device, upsample_argmax
+from mmseg_ros.engine import Segmenter, resolve_device
+from mmseg_ros.upsampling import upsample_argmax
 from mmseg_ros.errors import ConfigError
 from mmseg_ros.nn.build import build_model
 from mmseg_ros.nn.checkpoint import read_checkpoint, save_checkpoint
@@ -198,6 +199,9 @@ def test_cuda_matches_cpu(trained, segmenter, precision):
 # -- postprocess: the exact shortcut against the full upsampling ---------------------------------------------------
 
 
+CV2_MAX_CHANNELS = 128  # OpenCV 5 maps at most this many channels of a numpy array to one image (measured)
+
+
 def full_upsampling(probabilities: np.ndarray, size):
     """The postprocess before the shortcut, as the reference: all K probability maps upsampled bilinearly (cv2 up to
     its channel limit, torch beyond), then max and argmax."""
@@ -276,9 +280,11 @@ def test_interpolation_policy_per_modality():
 
 
 @pytest.mark.parametrize("source, target", [((130, 192, 3), (40, 64)), ((128, 190), (64, 50)),
-                                            ((150, 190, 2), (64, 64)), ((96, 120, 3), (24, 30))])
+                                            ((150, 190, 2), (64, 64)), ((96, 120, 3), (24, 30)),
+                                            ((256, 192, 3), (32, 24)), ((96, 64), (24, 16))])
 def test_area_average_is_within_one_step_of_the_exact_average(source, target):
-    """Whole-factor axis first, the other in float (1920x1200 -> 128: the x axis by 15), or one 2-D average."""
+    """Whole-factor axis first, the other in float (1920x1200 -> 128: the x axis by 15), even factors of 4 or more
+    halved first (1024 -> 128), or one 2-D average."""
     rng = np.random.default_rng(sum(source))
     image = rng.integers(0, 256, source, dtype=np.uint8)
     exact = cv2.resize(image.astype(np.float64), target[::-1], interpolation=cv2.INTER_AREA)

@@ -131,6 +131,15 @@ def test_decode_rejects_bad_images(modality, array, encoding, match):
         checks.decode_input(modality, _image(array, encoding))
 
 
+def test_valid_returns_finds_a_single_return_off_the_sampled_grid():
+    depth = np.full((64, 64), np.nan, np.float32)
+    depth[0, :8] = np.inf  # on the sampled grid, but not a return
+    assert not checks.valid_returns(depth)
+    depth[37, 21] = 3.5  # off every 8th row and column
+    assert checks.valid_returns(depth)
+    assert checks.valid_returns(np.full((3, 5), 2.0, np.float32)[:, ::2])
+
+
 def test_decode_rejects_unknown_encoding_and_truncated_data():
     msg = _image(np.zeros((4, 4, 3), np.uint8), "rgb8")
     msg.encoding = "yuv_mystery"
