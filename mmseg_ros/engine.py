@@ -75,6 +75,8 @@ class Segmenter:
                           f"the model's trained parts are randomly initialised")
         self.model = load_model(self.card, checkpoint).to(self.device).eval()
         self._norms = {m: self.card.normalization(m) for m in self.card.modalities}
+        if self.device.type == "cpu":  # compile (or load from numba's cache) now, not inside the first frame
+            self.postprocess(torch.zeros((1, self.num_classes, 2, 2)), (4, 3))
 
     @property
     def modalities(self) -> Tuple[str, ...]:
