@@ -12,7 +12,7 @@ import pytest
 from mmseg_ros import msgs
 from mmseg_ros.pipeline import Pipeline
 from mmseg_ros.pipeline.config import NodeConfig
-from mmseg_ros.transforms import Transform, TransformTree
+from mmseg_ros.transforms import Transform, TransformError, TransformTree
 
 CARD = "test_tiny_mle_sam"
 SIZE = 64
@@ -167,3 +167,64 @@ def test_a_cloud_in_the_camera_frame_needs_no_transform(segmenter):
     outputs, rejected, warned = run(segmenter, {}, cloud_frame="camera_optical")
     assert not rejected and not warned
     assert np.allclose(outputs[0].images["lidar"], expected_image(np.eye(4)), atol=1e-4)
+
+
+class _Tf2BufferStandIn:
+    """What the node's Tf2Lookup calls on a tf2_ros Buffer (there is no tf2_ros here), answered by a TransformTree
+    with tf2's argument order and rclpy Times, so the adapter's plumbing (argument order, time conversion, errors,
+    the frames YAML) is what is checked."""
+
+    class Failed(Exception):
+        pass
+
+    def __init__(self, tree_, edges):
+        self.tree, self.edges = tree_, edges
+
+    def lookup_transform(self, target, source, time):
+        return self._stamped(lambda: self.tree.lookup(target, source, time.nanoseconds))
+
+    def lookup_transform_full(self, target, target_time, source, source_time, fixed):
+        return self._stamped(lambda: self.tree.lookup_full(target, target_time.nanoseconds, source,
+                                                           source_time.nanoseconds, fixed))
+
+    def all_frames_as_yaml(self):
+        import yaml
+
+        return yaml.safe_dump({child: {"parent": parent, "broadcaster": "default_authority", "rate": 10.0}
+                               for parent, child in self.edges})
+
+    def _stamped(self, lookup):
+        from types import SimpleNamespace
+
+        from mmseg_ros.transforms import TransformError
+
+        try:
+            value = Transform.from_matrix(lookup())
+        except TransformError as exc:
+            raise self.Failed(str(exc)) from None
+        (x, y, z), (qx, qy, qz, qw) = value.translation, value.rotation
+        return SimpleNamespace(transform=SimpleNamespace(translation=SimpleNamespace(x=x, y=y, z=z),
+                                                         rotation=SimpleNamespace(x=qx, y=qy, z=qz, w=qw)))
+
+
+@pytest.mark.ros
+def test_the_nodes_tf2_adapter_travels_in_time_through_the_fixed_frame(segmenter):
+    """The node's tf2_ros path (Tf2Lookup over a Buffer's lookup_transform_full) gives the pipeline the same
+    compensated LiDAR image as the TransformTree, and the fallback when the Buffer has no odom."""
+    from mmseg_ros.ros.tf_lookup import Tf2Lookup
+
+    edges = [("base_link", "camera_optical"), ("base_link", "lidar_top"), ("odom", "base_link")]
+    buffer = _Tf2BufferStandIn(moving_tree(*RIG), edges)
+    lookup = Tf2Lookup(buffer, (_Tf2BufferStandIn.Failed,))
+    assert lookup.has_frame("odom") and lookup.has_frame("/lidar_top") and not lookup.has_frame("map")
+    outputs, rejected, warned = run(segmenter, {}, transforms=lookup, sets=2, lidar_delay_ns=LIDAR_DELAY_NS)
+    assert not rejected and not warned
+    reference, _, _ = run(segmenter, {}, transforms=moving_tree(*RIG), sets=2, lidar_delay_ns=LIDAR_DELAY_NS)
+    for out, expected in zip(outputs, reference):
+        np.testing.assert_array_equal(out.images["lidar"], expected.images["lidar"])
+    with pytest.raises(TransformError, match="Failed: .*extrapolate"):
+        lookup.lookup_full("camera_optical", 20 * NS, "lidar_top", 10 * NS, "odom")
+    static = Tf2Lookup(_Tf2BufferStandIn(tree(*RIG), edges[:2]), (_Tf2BufferStandIn.Failed,))
+    outputs, rejected, warned = run(segmenter, {}, transforms=static, lidar_delay_ns=LIDAR_DELAY_NS)
+    assert not rejected and len(warned) == 1 and "no frame 'odom'" in warned[0]
+    assert np.allclose(outputs[0].images["lidar"], expected_image(CAMERA_FROM_LIDAR), atol=1e-4)
