@@ -5,12 +5,19 @@ named frames, each frame with one parent, looked up through the tree with interp
     tree.add_message(tf_static_msg, static=True)      # tf2_msgs/TFMessage (rosbags, rclpy or anything alike)
     tree.add_message(tf_msg)                          # /tf: dynamic
     camera_from_lidar = tree.lookup("camera_front_optical", "lidar_top", stamp_ns)   # 4x4
+    # time travel: the camera at its stamp <- the LiDAR at its own, through a frame fixed in the world
+    moving = tree.lookup_full("camera_front_optical", camera_ns, "lidar_top", lidar_ns, ODOM_FRAME)
 
 Conventions are tf2's: a TransformStamped with header.frame_id P and child_frame_id C maps points of C into P
 (p_P = R p_C + t); `lookup(target, source, t)` returns the 4x4 that maps points of `source` into `target`; a leading
 "/" in a frame id is ignored. A dynamic transform between two samples is interpolated (translation linear, rotation
 slerp); a stamp outside its samples is an extrapolation error, as in tf2 (no tolerance). Stamp None means "the
 newest time every dynamic transform on the chain knows". Every failure is a TransformError naming the frames.
+
+`lookup_full` is tf2's lookupTransform with a fixed frame: target <- fixed at the target's time composed with
+fixed <- source at the source's time. A sensor on a moving vehicle sees the world from where the vehicle was at its
+own stamp; going through a frame that does not move with the vehicle (odometry's `odom`) carries its data to where
+another sensor was at another stamp.
 """
 from __future__ import annotations
 
@@ -25,6 +32,9 @@ from .errors import MMSegError
 
 NS_PER_S = 1_000_000_000
 CACHE_NS = 10 * NS_PER_S  # tf2's default cache length: older dynamic samples are forgotten
+# The fixed frame a vehicle's odometry publishes its motion in (odom -> base_link): the generator's bags record it,
+# and the node's inputs.fixed_frame defaults to it.
+ODOM_FRAME = "odom"
 
 
 class TransformError(MMSegError):
@@ -142,6 +152,9 @@ class TransformTree:
     def __bool__(self) -> bool:
         return bool(self._edges)
 
+    def has_frame(self, name: str) -> bool:
+        return isinstance(name, str) and name.lstrip("/") in self.frames
+
     # -- filling ----------------------------------------------------------------------------------------------------
 
     def set_transform(self, parent: str, child: str, transform: Transform, stamp_ns: int = 0,
@@ -220,6 +233,23 @@ class TransformTree:
         root_from_source = self._compose(source_edges, up_source, stamp_ns)
         root_from_target = self._compose(target_edges, up_target, stamp_ns)
         return np.linalg.inv(root_from_target) @ root_from_source
+
+    def lookup_full(self, target: str, target_ns: Optional[int], source: str, source_ns: Optional[int],
+                    fixed: str) -> np.ndarray:
+        """4x4 mapping points of `source` as it was at `source_ns` into `target` as it was at `target_ns`: target <-
+        fixed at target_ns, composed with fixed <- source at source_ns (`fixed` is taken not to move between the two
+        times). Each leg interpolates on its own and refuses to extrapolate, naming the leg."""
+        fixed = _frame(fixed, "the fixed frame")
+        legs = []
+        for into, of, stamp in ((fixed, source, source_ns), (target, fixed, target_ns)):
+            try:
+                legs.append(self.lookup(into, of, stamp))
+            except TransformError as exc:
+                when = "newest" if stamp is None else _seconds(stamp)
+                raise TransformError(f"{target} <- {source} through fixed frame {fixed}: leg {into} <- {of} at "
+                                     f"{when}: {exc}") from None
+        fixed_from_source, target_from_fixed = legs
+        return target_from_fixed @ fixed_from_source
 
     def _chain(self, frame: str) -> List[Tuple[str, Optional[_Edge]]]:
         """[(frame, edge to its parent), (parent, ...), ..., (root, None)]."""

@@ -1,5 +1,7 @@
-"""The pipeline's LiDAR extrinsic: the parameter when set, else a transform tree at the cloud's stamp; never a silent
-identity. A real (tiny, random-init) model segments every set, so the LiDAR image checked is the one the engine got."""
+"""The pipeline's LiDAR extrinsic: the parameter when set, else a transform tree: through the fixed frame from the
+ego at the cloud's stamp to the camera at the image's (ego-motion compensation), or, without that frame, the static
+transform at the cloud's stamp, said once; never a silent identity. A real (tiny, random-init) model segments every
+set, so the LiDAR image checked is the one the engine got."""
 from __future__ import annotations
 
 import warnings
@@ -10,7 +12,7 @@ import pytest
 from mmseg_ros import msgs
 from mmseg_ros.pipeline import Pipeline
 from mmseg_ros.pipeline.config import NodeConfig
-from mmseg_ros.transforms import Transform, TransformTree
+from mmseg_ros.transforms import Transform, TransformError, TransformTree
 
 CARD = "test_tiny_mle_sam"
 SIZE = 64
@@ -37,13 +39,17 @@ def points_in_lidar_frame(n=3000, seed=0):
     return (np.linalg.inv(CAMERA_FROM_LIDAR) @ camera.T).T[:, :3].astype(np.float32)
 
 
-def run(segmenter, values, transforms=None, cloud_frame="lidar_top", camera_frame="camera_optical", sets=2):
-    """Camera + CameraInfo + cloud through a Pipeline; (outputs, rejections, warnings)."""
+def run(segmenter, values, transforms=None, cloud_frame="lidar_top", camera_frame="camera_optical", sets=2,
+        lidar_delay_ns=0, pipelines=None):
+    """Camera + CameraInfo + cloud (stamped `lidar_delay_ns` after the camera) through a Pipeline; (outputs,
+    rejections, warnings). The pipeline is appended to `pipelines` when given."""
     config = NodeConfig.from_values({"model.card": CARD, "modalities": ["rgb", "lidar"],
                                      "inputs.lidar_source": "points", **values})
     rejected, warned = [], []
     pipeline = Pipeline(config, segmenter, color=False, transforms=transforms, on_warning=warned.append,
                         on_bad_input=lambda name, reason, _: rejected.append((name, reason)))
+    if pipelines is not None:
+        pipelines.append(pipeline)
     cloud = points_in_lidar_frame()
     outputs = []
     for i in range(sets):
@@ -53,8 +59,9 @@ def run(segmenter, values, transforms=None, cloud_frame="lidar_top", camera_fram
                                                            ros=False), stamp)
         ready = pipeline.add("rgb", msgs.numpy_to_image(np.zeros((SIZE, SIZE, 3), np.uint8), "rgb8",
                                                         msgs.Header(time, camera_frame), ros=False), stamp)
-        ready += pipeline.add("lidar", msgs.numpy_to_pointcloud(cloud, msgs.Header(time, cloud_frame), ros=False),
-                              stamp)
+        lidar_time = msgs.Time(*divmod(stamp + lidar_delay_ns, NS))
+        ready += pipeline.add("lidar", msgs.numpy_to_pointcloud(cloud, msgs.Header(lidar_time, cloud_frame),
+                                                                ros=False), stamp + lidar_delay_ns)
         ready += pipeline.poll(stamp + NS // 20)  # (within sync.anchor_timeout: nobody counts as silent)
         outputs += [out for out in (pipeline.process(s, stamp + NS // 20) for s in ready) if out is not None]
     assert len(outputs) == sets
@@ -79,11 +86,62 @@ RIG = (("base_link", "camera_optical", BASE_FROM_CAMERA),
 
 
 def test_unset_extrinsic_is_looked_up_through_the_tree(segmenter):
-    outputs, rejected, warned = run(segmenter, {}, transforms=tree(*RIG))
-    assert not rejected and not warned and len(outputs) == 2
+    """A tree with the rig's mounts but no odometry: the static transform, and the missing fixed frame said once."""
+    pipelines = []
+    outputs, rejected, warned = run(segmenter, {}, transforms=tree(*RIG), sets=3, lidar_delay_ns=LIDAR_DELAY_NS,
+                                    pipelines=pipelines)
+    assert not rejected and len(outputs) == 3
+    assert len(warned) == 1 and "no frame 'odom'" in warned[0] and "not compensated" in warned[0]
     for out in outputs:
         assert out.used == ("rgb", "lidar")
         assert np.allclose(out.images["lidar"], expected_image(CAMERA_FROM_LIDAR), atol=1e-4)
+    status = {s.name: s for s in pipelines[0].report(11 * NS, "segment_node", {})}["segment_node: segmentation"]
+    assert status.value("lidar_clouds_uncompensated") == "3" and status.value("lidar_clouds_motion_compensated") == "0"
+    # inputs.fixed_frame empty: compensation is off by choice, nothing to say
+    outputs, rejected, warned = run(segmenter, {"inputs.fixed_frame": ""}, transforms=tree(*RIG))
+    assert not rejected and not warned
+    assert np.allclose(outputs[0].images["lidar"], expected_image(CAMERA_FROM_LIDAR), atol=1e-4)
+
+
+LIDAR_DELAY_NS = 25_000_000  # the LiDAR scans 25 ms after the camera, as the generated rig's
+
+
+def ego_at(stamp_ns: int) -> np.ndarray:
+    """odom <- base_link: 12 m/s along x, yawing at 0.3 rad/s (constant rates: interpolating samples is exact)."""
+    seconds = stamp_ns / NS - 10.0
+    c, s = np.cos(0.3 * seconds), np.sin(0.3 * seconds)
+    return np.array([[c, -s, 0, 12.0 * seconds], [s, c, 0, 0.2], [0, 0, 1, 0], [0, 0, 0, 1.0]])
+
+
+def moving_tree(*edges) -> TransformTree:
+    out = tree(*edges)
+    for ms in range(9_950, 10_451, 50):  # 20 Hz odometry around the sets' stamps
+        out.set_transform("odom", "base_link", Transform.from_matrix(ego_at(ms * NS // 1000)), ms * NS // 1000)
+    return out
+
+
+def test_the_cloud_is_carried_to_where_the_camera_was_at_its_stamp(segmenter):
+    """With odometry in the tree, the LiDAR image the model gets is the cloud projected through camera(t_image) <-
+    odom <- lidar(t_cloud), written out here by hand; the static transform would put it 0.3 m off."""
+    pipelines = []
+    outputs, rejected, warned = run(segmenter, {}, transforms=moving_tree(*RIG), sets=3,
+                                    lidar_delay_ns=LIDAR_DELAY_NS, pipelines=pipelines)
+    assert not rejected and not warned and len(outputs) == 3
+    base_from_camera, base_from_lidar = RIG[0][2], RIG[1][2]
+    for out in outputs:
+        assert out.used == ("rgb", "lidar")
+        camera_ns, cloud_ns = out.stamp_ns, out.stamp_ns + LIDAR_DELAY_NS
+        moving = np.linalg.inv(ego_at(camera_ns) @ base_from_camera) @ ego_at(cloud_ns) @ base_from_lidar
+        assert np.allclose(out.images["lidar"], expected_image(moving), atol=1e-3)
+        assert not np.allclose(out.images["lidar"], expected_image(CAMERA_FROM_LIDAR), atol=1e-3)
+    status = {s.name: s for s in pipelines[0].report(11 * NS, "segment_node", {})}["segment_node: segmentation"]
+    assert status.value("lidar_clouds_motion_compensated") == "3"
+    # Odometry that ends before the cloud's stamp: tf2's extrapolation error, the cloud refused with it
+    short = tree(*RIG)
+    for ms in (9_950, 10_000):
+        short.set_transform("odom", "base_link", Transform.from_matrix(ego_at(ms * NS // 1000)), ms * NS // 1000)
+    _, rejected, _ = run(segmenter, {}, transforms=short, sets=1, lidar_delay_ns=LIDAR_DELAY_NS)
+    assert rejected and "through odom" in rejected[0][1] and "extrapolate into the future" in rejected[0][1]
 
 
 def test_no_tree_or_no_transform_is_bad_lidar_input_not_identity(segmenter):
@@ -109,3 +167,64 @@ def test_a_cloud_in_the_camera_frame_needs_no_transform(segmenter):
     outputs, rejected, warned = run(segmenter, {}, cloud_frame="camera_optical")
     assert not rejected and not warned
     assert np.allclose(outputs[0].images["lidar"], expected_image(np.eye(4)), atol=1e-4)
+
+
+class _Tf2BufferStandIn:
+    """What the node's Tf2Lookup calls on a tf2_ros Buffer (there is no tf2_ros here), answered by a TransformTree
+    with tf2's argument order and rclpy Times, so the adapter's plumbing (argument order, time conversion, errors,
+    the frames YAML) is what is checked."""
+
+    class Failed(Exception):
+        pass
+
+    def __init__(self, tree_, edges):
+        self.tree, self.edges = tree_, edges
+
+    def lookup_transform(self, target, source, time):
+        return self._stamped(lambda: self.tree.lookup(target, source, time.nanoseconds))
+
+    def lookup_transform_full(self, target, target_time, source, source_time, fixed):
+        return self._stamped(lambda: self.tree.lookup_full(target, target_time.nanoseconds, source,
+                                                           source_time.nanoseconds, fixed))
+
+    def all_frames_as_yaml(self):
+        import yaml
+
+        return yaml.safe_dump({child: {"parent": parent, "broadcaster": "default_authority", "rate": 10.0}
+                               for parent, child in self.edges})
+
+    def _stamped(self, lookup):
+        from types import SimpleNamespace
+
+        from mmseg_ros.transforms import TransformError
+
+        try:
+            value = Transform.from_matrix(lookup())
+        except TransformError as exc:
+            raise self.Failed(str(exc)) from None
+        (x, y, z), (qx, qy, qz, qw) = value.translation, value.rotation
+        return SimpleNamespace(transform=SimpleNamespace(translation=SimpleNamespace(x=x, y=y, z=z),
+                                                         rotation=SimpleNamespace(x=qx, y=qy, z=qz, w=qw)))
+
+
+@pytest.mark.ros
+def test_the_nodes_tf2_adapter_travels_in_time_through_the_fixed_frame(segmenter):
+    """The node's tf2_ros path (Tf2Lookup over a Buffer's lookup_transform_full) gives the pipeline the same
+    compensated LiDAR image as the TransformTree, and the fallback when the Buffer has no odom."""
+    from mmseg_ros.ros.tf_lookup import Tf2Lookup
+
+    edges = [("base_link", "camera_optical"), ("base_link", "lidar_top"), ("odom", "base_link")]
+    buffer = _Tf2BufferStandIn(moving_tree(*RIG), edges)
+    lookup = Tf2Lookup(buffer, (_Tf2BufferStandIn.Failed,))
+    assert lookup.has_frame("odom") and lookup.has_frame("/lidar_top") and not lookup.has_frame("map")
+    outputs, rejected, warned = run(segmenter, {}, transforms=lookup, sets=2, lidar_delay_ns=LIDAR_DELAY_NS)
+    assert not rejected and not warned
+    reference, _, _ = run(segmenter, {}, transforms=moving_tree(*RIG), sets=2, lidar_delay_ns=LIDAR_DELAY_NS)
+    for out, expected in zip(outputs, reference):
+        np.testing.assert_array_equal(out.images["lidar"], expected.images["lidar"])
+    with pytest.raises(TransformError, match="Failed: .*extrapolate"):
+        lookup.lookup_full("camera_optical", 20 * NS, "lidar_top", 10 * NS, "odom")
+    static = Tf2Lookup(_Tf2BufferStandIn(tree(*RIG), edges[:2]), (_Tf2BufferStandIn.Failed,))
+    outputs, rejected, warned = run(segmenter, {}, transforms=static, lidar_delay_ns=LIDAR_DELAY_NS)
+    assert not rejected and len(warned) == 1 and "no frame 'odom'" in warned[0]
+    assert np.allclose(outputs[0].images["lidar"], expected_image(CAMERA_FROM_LIDAR), atol=1e-4)

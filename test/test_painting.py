@@ -182,6 +182,42 @@ def test_the_pipeline_paints_the_sets_own_cloud_and_counts_sets_without_one(scen
     assert statuses["segment_node: segmentation"].value("unpainted_sets") == str(len(unpainted))
 
 
+def test_replay_paints_through_the_moving_ego_from_the_bags_odometry(tmp_path):
+    """A generated drive replayed with its /tf: every labelled point carries the label of the pixel an independent
+    pinhole projection puts it at through the ego as it moved, camera(t_image) <- world <- LiDAR(t_cloud) from the
+    generator's own trajectory and mounts; the static transform would put a large share of them elsewhere."""
+    from mmseg_ros.replay.run import replay_offline
+
+    generator = SceneGenerator(7, SIZE)
+    bag.write_drive_bag(tmp_path / "drive", [generator.render_frame(i) for i in range(4)])
+    config = NodeConfig.from_values({"model.card": TINY, "inputs.lidar_source": "points", "outputs.points": True})
+    painted = []
+
+    def keep(frame, _):
+        if frame.points is not None:
+            painted.append((frame.stamp_ns, frame.points_header, frame.points.copy(), frame.labels.copy()))
+
+    report = replay_offline(tmp_path / "drive", config, progress=False, write_bag=False, watch=keep)
+    assert report["settings"]["lidar_motion_compensation"] == {
+        "fixed_frame": "odom", "clouds_compensated": len(painted), "clouds_uncompensated": 0}
+    assert len(painted) >= 3 and not report["warnings"]
+    k = generator.intrinsics.matrix()
+    moved = 0
+    for camera_ns, header, cloud, labels in painted:
+        cloud_ns = header.stamp.sec * 10**9 + header.stamp.nanosec
+        assert cloud_ns - camera_ns > 20_000_000  # the LiDAR scanned after the camera
+        world_from_camera = generator.ego_pose_at(camera_ns).compose(generator.camera_mount)
+        world_from_lidar = generator.ego_pose_at(cloud_ns).compose(generator.lidar_mount)
+        camera_from_lidar = world_from_camera.inverse().compose(world_from_lidar).matrix()
+        rows, cols, _ = _pixels_at(cloud, k, camera_from_lidar, SIZE)
+        labelled = cloud["label"] != 255
+        assert labelled.sum() > 500 and (rows[labelled] >= 0).all()
+        np.testing.assert_array_equal(cloud["label"][labelled], labels[rows[labelled], cols[labelled]])
+        static_rows, static_cols, _ = _pixels_at(cloud, k, generator.camera_from_lidar.matrix(), SIZE)
+        moved += np.mean((static_rows[labelled] != rows[labelled]) | (static_cols[labelled] != cols[labelled]))
+    assert moved / len(painted) > 0.1  # the ego's motion moves points by pixels: the check tells the two apart
+
+
 @pytest.mark.ros
 def test_the_node_publishes_painted_clouds_through_camera_and_lidar_drop_outs(tmp_path):
     """Over DDS: `mmseg sensors --points` (its gt_label field included) into segment_node with outputs.points; every

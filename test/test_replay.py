@@ -220,28 +220,48 @@ def test_live_replay_into_the_real_node_answers_every_frame_and_scores_like_offl
         assert out.message_count("/segment_node/confidence") == live["frames"]["processed"]
 
 
-def test_lidar_as_points_is_projected_like_the_node_with_the_bags_extrinsic(drive):
-    """inputs.lidar_source=points: /lidar/points + /rgb/camera_info, projected with the LiDAR->camera transform the
-    generator recorded in the bag's metadata; the projected returns land where the bag's LiDAR image has them."""
+def test_lidar_as_points_is_projected_like_the_node_with_the_bags_transforms(drive, tmp_path):
+    """inputs.lidar_source=points: /lidar/points + /rgb/camera_info, projected with the transform from the bag's TF.
+    With compensation off (inputs.fixed_frame empty) the projected returns land where the generator's LiDAR image
+    (projected through the static mounts) has them; on (the default), through the ego's motion, elsewhere. A bag
+    without TF falls back to the matrix the generator recorded in its metadata."""
     from mmseg_ros import msgs
+    from mmseg_ros.data.synthetic import SceneGenerator
+    from mmseg_ros.data.synthetic.bag import custom_data, write_drive_bag
     from mmseg_ros.pipeline.config import NodeConfig
     from mmseg_ros.replay.bagio import InputBag
     from mmseg_ros.replay.run import replay_offline
     from mmseg_ros.sync import stamp_to_ns
 
     root, checkpoint = drive
-    config = NodeConfig.from_values({"model.card": CARD, "model.checkpoint": str(checkpoint),
-                                     "inputs.lidar_source": "points"})
-    projected = {}
-    report = replay_offline(root / "drive_mcap", config, progress=False,
-                            watch=lambda frame, _time_s: projected.setdefault(frame.stamp_ns,
-                                                                              np.array(frame.images["lidar"])))
+
+    def replay(bag, **values):
+        config = NodeConfig.from_values({"model.card": CARD, "model.checkpoint": str(checkpoint),
+                                         "inputs.lidar_source": "points", **values})
+        projected = {}
+        report = replay_offline(bag, config, progress=False, watch=lambda frame, _time_s: projected.setdefault(
+            frame.stamp_ns, np.array(frame.images["lidar"])))
+        return report, projected
+
+    report, projected = replay(root / "drive_mcap", **{"inputs.fixed_frame": ""})
     assert report["inputs"]["lidar"]["topic"] == "/lidar/points" and report["frames"]["used"]["lidar"] == FRAMES
+    assert report["settings"]["lidar_extrinsic_from"] == "tf"
+    assert report["settings"]["lidar_motion_compensation"]["clouds_uncompensated"] == FRAMES
     with InputBag(root / "drive_mcap") as bag:
         recorded = {stamp_to_ns(m.header.stamp): np.array(msgs.image_to_numpy(m))
                     for _, _, m in bag.messages(["/lidar/image"])}
-        assert report["settings"]["lidar_extrinsic"] == json.loads(bag.custom_data["mmseg.camera_from_lidar"])
     for stamp, image in projected.items():
         reference = recorded[min(recorded, key=lambda s: abs(s - stamp))]
         ours, theirs = image > 0, reference > 0
         assert (ours & theirs).sum() / (ours | theirs).sum() > 0.8
+    report, compensated = replay(root / "drive_mcap")
+    assert report["settings"]["lidar_motion_compensation"]["clouds_compensated"] == FRAMES
+    assert sum(not np.array_equal(compensated[s], projected[s]) for s in projected) > FRAMES // 2
+    gen = SceneGenerator(7, SIZE, CONDITION)
+    write_drive_bag(tmp_path / "no_tf", [gen.render_frame(i, all_events=True) for i in range(4)],
+                    topics={"tf_static": "/elsewhere/tf_static", "tf": "/elsewhere/tf"})
+    report, _ = replay(tmp_path / "no_tf")
+    assert report["settings"]["lidar_extrinsic_from"] == "bag metadata"
+    recorded_matrix = json.loads(custom_data(tmp_path / "no_tf")["mmseg.camera_from_lidar"])
+    assert report["settings"]["lidar_extrinsic"] == recorded_matrix
+    assert "lidar_motion_compensation" not in report["settings"]

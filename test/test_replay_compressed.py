@@ -99,15 +99,16 @@ def test_without_remaps_the_missing_topics_are_named_and_a_wrong_name_is_refused
 
 
 def test_no_transform_for_the_cloud_fails_clearly(drives, tmp_path, capsys):
-    """The LiDAR's extrinsic exists only in /tf_static: with the static transforms read from an empty topic the
-    clouds cannot be projected, and the replay says why instead of using an identity."""
+    """The LiDAR's extrinsic exists only in /tf_static: with the bag's TF recorded elsewhere than the replay reads
+    it the clouds cannot be projected, and the replay says why instead of using an identity."""
     from mmseg_ros.data.synthetic import SceneGenerator
     from mmseg_ros.data.synthetic.bag import write_drive_bag
 
     root, checkpoint = drives
     gen = SceneGenerator(5, SIZE, "sun")
     frames = [gen.render_frame(i, all_events=True) for i in range(6)]
-    write_drive_bag(tmp_path / "no_tf", frames, compressed=True, topics={"tf_static": "/elsewhere/tf_static"})
+    write_drive_bag(tmp_path / "no_tf", frames, compressed=True,
+                    topics={"tf_static": "/elsewhere/tf_static", "tf": "/elsewhere/tf"})
     code, _ = replay(tmp_path / "no_tf", tmp_path / "out", checkpoint, "--param", "modalities=[rgb,lidar]")
     assert code != 0
     err = capsys.readouterr().err

@@ -149,3 +149,50 @@ def test_tf_messages_as_rosbags_builds_them():
                        np.linalg.inv(BASE_FROM_CAMERA) @ BASE_FROM_LIDAR, atol=1e-12)
     with pytest.raises(TransformError, match="TFMessage"):
         tree.add_message(object())
+
+
+def ego_at(seconds: float) -> np.ndarray:
+    """odom <- base_link of an ego driving 10 m/s along x while turning left at 0.2 rad/s: translation linear and
+    rotation at a constant rate about one axis, so the tree's interpolation between samples is exact."""
+    return rigid(rotation_z(0.2 * seconds), [10.0 * seconds, 0.5, 0.0])
+
+
+def moving_rig_tree() -> TransformTree:
+    tree = rig_tree()
+    for ms in range(10_000, 10_501, 100):  # 10 Hz odometry from 10.0 s to 10.5 s
+        tree.set_transform("odom", "base_link", Transform.from_matrix(ego_at(ms / 1000)), ms * NS // 1000)
+    return tree
+
+
+def test_time_travel_carries_a_sensor_from_its_stamp_to_another_sensors():
+    """camera at 10.23 s <- lidar at 10.255 s through odom, against the product written out by hand: the LiDAR's
+    point goes up to odom with the ego as it was at the LiDAR's stamp, and down to the camera with the ego as it was
+    at the camera's (both stamps between odometry samples)."""
+    tree = moving_rig_tree()
+    camera_ns, lidar_ns = 10_230_000_000, 10_255_000_000
+    expected = (np.linalg.inv(ego_at(10.23) @ BASE_FROM_CAMERA)) @ (ego_at(10.255) @ BASE_FROM_LIDAR)
+    got = tree.lookup_full("camera_front_optical", camera_ns, "lidar_top", lidar_ns, "odom")
+    assert np.allclose(got, expected, atol=1e-9)
+    # 25 ms at 10 m/s: a quarter of a metre away from the static transform, which ignores the motion
+    static = np.linalg.inv(BASE_FROM_CAMERA) @ BASE_FROM_LIDAR
+    assert 0.2 < np.linalg.norm(got[:3, 3] - static[:3, 3]) < 0.3
+    # At one stamp the ego did not move in between: the static chain, whatever the fixed frame
+    same = tree.lookup_full("camera_front_optical", camera_ns, "lidar_top", camera_ns, "odom")
+    assert np.allclose(same, static, atol=1e-9)
+    # A point of the world seen by both: the LiDAR's coordinates map onto the camera's
+    world_point = np.array([25.0, 3.0, 1.0, 1.0])
+    in_lidar = np.linalg.inv(ego_at(10.255) @ BASE_FROM_LIDAR) @ world_point
+    in_camera = np.linalg.inv(ego_at(10.23) @ BASE_FROM_CAMERA) @ world_point
+    assert np.allclose(got @ in_lidar, in_camera, atol=1e-9)
+    assert tree.has_frame("odom") and tree.has_frame("/base_link") and not tree.has_frame("map")
+
+
+@pytest.mark.parametrize("camera_ns, lidar_ns, words", [
+    (10_230_000_000, 10_525_000_000, r"leg odom <- lidar_top at 10\.525 s.*future: known from 10\.000 s to 10\.500"),
+    (9_990_000_000, 10_015_000_000, r"leg camera_front_optical <- odom at 9\.990 s.*extrapolate into the past"),
+])
+def test_time_travel_outside_the_buffered_odometry_says_which_leg_and_when(camera_ns, lidar_ns, words):
+    with pytest.raises(TransformError, match=words):
+        moving_rig_tree().lookup_full("camera_front_optical", camera_ns, "lidar_top", lidar_ns, "odom")
+    with pytest.raises(TransformError, match="'map' does not exist"):
+        moving_rig_tree().lookup_full("camera_front_optical", camera_ns, "lidar_top", camera_ns, "map")

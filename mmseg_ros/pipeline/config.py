@@ -17,6 +17,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 from .. import cards, modalities
 from .. import precision as precisions
 from ..errors import ConfigError
+from ..transforms import ODOM_FRAME
 
 NODE_NAME = "segment_node"
 CLASS_NAMES_PARAMETER = "class_names"  # read-only, declared once the model is loaded
@@ -92,6 +93,11 @@ PARAMETERS: Tuple[Param, ...] = (
     Param("inputs.lidar_extrinsic", DOUBLE_ARRAY, None,
           "LiDAR -> camera optical frame, 4x4 row-major rigid transform (16 numbers, last row 0 0 0 1); empty = "
           "from TF (the cloud's frame -> the CameraInfo's frame at the cloud's stamp)"),
+    Param("inputs.fixed_frame", STRING, ODOM_FRAME,
+          "with the extrinsic from TF: a frame fixed in the world (odometry's) through which each LiDAR cloud goes "
+          "from the ego's pose at the cloud's stamp to the camera's at the image's stamp (ego-motion compensation); "
+          "a TF without this frame gives the static transform at the cloud's stamp (warned once); empty = never "
+          "compensate"),
     Param("inputs.camera_model", STRING, "auto",
           "camera model for projecting LiDAR points: raw = K + D (distorted image), rectified = P (image_rect); "
           "auto = raw when CameraInfo.d is non-zero, else rectified", choices=CAMERA_MODELS),
@@ -181,6 +187,7 @@ class NodeConfig:
     queue_depth: int
     lidar_source: str
     lidar_extrinsic: Optional[Tuple[Tuple[float, ...], ...]]  # None: from TF
+    fixed_frame: str  # "" = no ego-motion compensation
     camera_model: str
     transports: Dict[str, str]  # subscribed modality -> raw | compressed | compressedDepth
     allow_size_mismatch: bool
@@ -243,6 +250,7 @@ class NodeConfig:
             queue_depth=v["inputs.queue_depth"],
             lidar_source=v["inputs.lidar_source"],
             lidar_extrinsic=_extrinsic(v["inputs.lidar_extrinsic"]) if v["inputs.lidar_extrinsic"] else None,
+            fixed_frame=v["inputs.fixed_frame"].strip().lstrip("/"),
             camera_model=v["inputs.camera_model"],
             transports=_transports(v, mods),
             allow_size_mismatch=v["inputs.allow_size_mismatch"],

@@ -91,8 +91,8 @@ class Pipeline:
         """`color` (default: config.publish_color) builds the overlay; `output_size` (default: the anchor image's,
         or the model's input size with outputs.resolution=model) sizes the outputs; `on_bad_input` hears every
         rejection (the node logs it, the replay may give up); `keep_all_samples` keeps every timing sample instead of
-        the last 200 (a replay reports them all); `transforms` (anything with `lookup(target, source, stamp_ns) ->
-        4x4`, e.g. a TransformTree) gives the LiDAR extrinsic when inputs.lidar_extrinsic is not set; `on_warning`
+        the last 200 (a replay reports them all); `transforms` (a TransformTree or anything with its `lookup`,
+        `lookup_full` and `has_frame`) gives the LiDAR extrinsic when inputs.lidar_extrinsic is not set; `on_warning`
         hears one-time configuration warnings; `started_ns` (activation) is when the wait for the first output
         begins."""
         self.config = config
@@ -124,6 +124,8 @@ class Pipeline:
         self.below_min = 0  # sets given up after the synchronizer: unusable anchor, or too few usable inputs
         self.superseded = 0  # sets replaced before they were processed (the node's latest-wins hand-off)
         self.unpainted = 0  # processed sets without a usable cloud to paint (outputs.points)
+        # Clouds projected from TF with and without ego-motion compensation (inputs.fixed_frame)
+        self.compensated = self.uncompensated = 0
         self.anchor_counts = {m: 0 for m in config.modalities}  # processed sets per anchor
         self.used_counts = {m: 0 for m in config.modalities}  # processed sets each modality went into
         self._last_used: Tuple[str, ...] = ()
@@ -248,7 +250,8 @@ class Pipeline:
             item: InputMessage = sset.messages[name].payload
             projection = None
             try:
-                image, projection = (item.image, None) if item.image is not None else self._project(item)
+                image, projection = ((item.image, None) if item.image is not None
+                                     else self._project(item, sset.stamp_ns))
                 if anchor_size is None:
                     anchor_size = checks.size_of(image)
                 elif not cfg.allow_size_mismatch:
@@ -320,9 +323,10 @@ class Pipeline:
             return header
         return msgs.Header(stamp=header.stamp, frame_id=frame)
 
-    def _project(self, item: InputMessage):
-        """(LiDAR image, projection): the projection (per-point pixels) only when the cloud is to be painted."""
-        extrinsic = self._extrinsic(item.header) if self._camera is not None else None
+    def _project(self, item: InputMessage, camera_stamp_ns: int):
+        """(LiDAR image, projection): the projection (per-point pixels) only when the cloud is to be painted. The
+        same transform serves both, so the points are painted through the pixels the model saw them at."""
+        extrinsic = self._extrinsic(item.header, camera_stamp_ns) if self._camera is not None else None
         if not self.config.publish_points:
             return checks.lidar_image(item.points, self._camera, extrinsic, self.camera_info_source), None
         projection = checks.lidar_projection(item.points, self._camera, extrinsic, self.camera_info_source)
@@ -343,9 +347,12 @@ class Pipeline:
             self.reject(LIDAR, str(exc), now_ns)
             return None
 
-    def _extrinsic(self, header) -> np.ndarray:
-        """Camera optical frame <- cloud frame: the parameter when set, else the transform tree at the cloud's
-        stamp. Never a silent identity: no tree, an unknown frame or a missing transform is bad LiDAR input."""
+    def _extrinsic(self, header, camera_stamp_ns: int) -> np.ndarray:
+        """Camera optical frame <- cloud frame: the parameter when set, else from TF. From TF, through
+        inputs.fixed_frame when TF has it: the camera as it was at `camera_stamp_ns` (the outputs' stamp) <- the
+        cloud as it was at its own stamp, so the ego's motion between the two is compensated (the LiDAR scans after
+        the camera); without that frame, the static transform at the cloud's stamp (warned once). Never a silent
+        identity: no tree, an unknown frame or a missing transform is bad LiDAR input."""
         cloud, camera = str(header.frame_id).lstrip("/"), self._camera_frame.lstrip("/")
         fixed = self.config.lidar_extrinsic
         if fixed is not None:
@@ -355,18 +362,31 @@ class Pipeline:
                 self.on_warning(f"inputs.lidar_extrinsic is the identity, but the clouds are in frame {cloud!r} and "
                                 f"the camera in {camera!r}: really no rotation between them? (leave it empty for TF)")
             return np.asarray(fixed)
-        if cloud == camera and cloud:
-            return np.eye(4)  # the cloud is already in the camera's frame: exact, not a guess
+        if cloud == camera and cloud and self.transforms is None:
+            return np.eye(4)  # the cloud is already in the camera's frame and no TF tells the ego's motion
         if not cloud or not camera:
             raise MessageError(f"lidar: inputs.lidar_extrinsic is not set and the {'cloud' if not cloud else 'camera'}"
                                " has no frame_id to look a transform up with")
         if self.transforms is None:
             raise MessageError(f"lidar: inputs.lidar_extrinsic is not set and no TF is available to look up {camera} "
                                f"<- {cloud}; set the parameter (4x4) or provide TF")
+        cloud_ns, fixed_frame = stamp_to_ns(header.stamp), self.config.fixed_frame
         try:
-            return self.transforms.lookup(camera, cloud, stamp_to_ns(header.stamp))
+            if fixed_frame and self.transforms.has_frame(fixed_frame):
+                matrix = self.transforms.lookup_full(camera, camera_stamp_ns, cloud, cloud_ns, fixed_frame)
+                self.compensated += 1
+                return matrix
+            if fixed_frame and "no fixed frame" not in self._warned:
+                self._warned.add("no fixed frame")
+                self.on_warning(f"TF has no frame {fixed_frame!r} (inputs.fixed_frame): LiDAR clouds are projected "
+                                f"with the static transform {camera} <- {cloud} at the cloud's stamp, not compensated "
+                                "for the ego's motion between the cloud's and the camera's stamps")
+            matrix = np.eye(4) if cloud == camera else self.transforms.lookup(camera, cloud, cloud_ns)
+            self.uncompensated += 1
+            return matrix
         except MMSegError as exc:
-            raise MessageError(f"lidar: no transform {camera} <- {cloud}: {exc}") from None
+            via = f" through {fixed_frame}" if fixed_frame else ""
+            raise MessageError(f"lidar: no transform {camera} <- {cloud}{via}: {exc}") from None
 
     # -- diagnostics ------------------------------------------------------------------------------------------------
 
@@ -395,5 +415,7 @@ class Pipeline:
             model_ms=self.model_ms.percentiles(),
             modalities_used=self._last_used, last_output_age_s=None if last is None else (now_ns - last) / NS_PER_S,
             output_timeout_s=cfg.output_timeout, hardware_id=hardware_id,
-            extra={**self._router, **({"unpainted_sets": self.unpainted} if cfg.publish_points else {})})
+            extra={**self._router, **({"unpainted_sets": self.unpainted} if cfg.publish_points else {}),
+                   **({"lidar_clouds_motion_compensated": self.compensated,
+                       "lidar_clouds_uncompensated": self.uncompensated} if self.transforms is not None else {})})
         return diagnostics.statuses(node_name, report, inputs, now_ns, cfg.diagnostics_period)

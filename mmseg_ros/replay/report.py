@@ -3,7 +3,9 @@
     {"schema", "units": "percent", "metric_note", "mode": "offline"|"live",
      "model": {name, checkpoint, input_size, modalities, device},
      "bag": {path, storage, duration_s, condition, failure, topics: {modality: topic}, labels_topic},
-     "settings": {score_size, drops: [labels], sync: {slop, max_wait, anchor_timeout, min_modalities, anchor}},
+     "settings": {score_size, drops: [labels], sync: {slop, max_wait, anchor_timeout, min_modalities, anchor},
+                  lidar_extrinsic_from, lidar_motion_compensation: {fixed_frame, clouds_compensated,
+                  clouds_uncompensated}},       # the last two with LiDAR points; the motion from TF only
      "frames": {"anchor_messages", "processed", "scored", "unscored", "below_min", "by_anchor": {m: n},
                 "used": {m: n}},
      "inputs": {m: {messages, dropped, rejected, backwards, last_error}},
@@ -158,6 +160,11 @@ def to_markdown(report: Mapping, per_class: bool = True) -> str:
                              f"{_num(points['pixel_miou_lidar_classes'])}.")
         else:
             lines.append(f"{points['clouds']} clouds painted; no per-point ground truth (gt_label) to score them.")
+        motion = report["settings"].get("lidar_motion_compensation")
+        if motion:
+            via = f"through `{motion['fixed_frame']}`" if motion["fixed_frame"] else "(inputs.fixed_frame is empty)"
+            lines.append(f"Ego motion between each cloud's stamp and the camera's, compensated {via}: "
+                         f"{motion['clouds_compensated']} clouds; not compensated: {motion['clouds_uncompensated']}.")
     latency = report.get("latency_ms") or {}
     if latency:
         lines += ["", "### Latency per stage (ms)", ""]

@@ -154,6 +154,9 @@ def _document(bag, config, segmenter, inputs, drops, score_size, replay, scorer,
                               "min_modalities": config.min_modalities},
                      "lidar_source": config.lidar_source, "transports": dict(config.transports),
                      **({"lidar_extrinsic_from": extrinsic_from} if inputs.camera_info else {}),
+                     **({"lidar_motion_compensation": {
+                         "fixed_frame": config.fixed_frame, "clouds_compensated": pipeline.compensated,
+                         "clouds_uncompensated": pipeline.uncompensated}} if extrinsic_from == "tf" else {}),
                      **({"lidar_extrinsic": [list(row) for row in config.lidar_extrinsic]}
                         if inputs.camera_info and config.lidar_extrinsic is not None else {})},
         "classes": list(config.card.class_names),

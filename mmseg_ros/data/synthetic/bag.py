@@ -9,11 +9,13 @@ Topics (absolute; the node's defaults are the same names relative to its namespa
                                                          gt_label uint8 (each point's true class)
     /rgb/camera_info    sensor_msgs/CameraInfo           with every rgb image
     /gt/labels          sensor_msgs/Image mono8          DELIVER train ids, 255 = ignore (ground truth)
+    /tf_static          tf2_msgs/TFMessage               once: base_link -> camera optical frame, base_link -> LiDAR
+    /tf                 tf2_msgs/TFMessage               odom -> base_link (the ego's odometry) at every sensor stamp
 With `compressed=True` the drive is recorded as vehicles usually record one: the camera as CompressedImage JPEG
 ("rgb8; jpeg compressed bgr8") on /rgb/image/compressed, depth as compressedDepth ("32FC1; compressedDepth png") on
 /depth/image/compressedDepth, events as lossless PNG on /event/image/compressed, the LiDAR only as PointCloud2 in its
-own frame, and the camera <- LiDAR extrinsic only in /tf_static (base_link -> lidar frame, base_link -> camera
-optical frame); `topics` renames any of them (e.g. {"rgb": "/sensing/camera/front/image_raw/compressed"}).
+own frame, and the camera <- LiDAR extrinsic only in /tf_static; `topics` renames any of them (e.g.
+{"rgb": "/sensing/camera/front/image_raw/compressed"}).
 Header stamps come from the generator (sensor rates, LiDAR offset, jitter); each record's log time is its stamp
 plus a small per-sensor transport latency, and records are written in log-time order. The bag's metadata
 (custom_data) holds the condition, failure, seed, the LiDAR->camera extrinsic and the frame ids.
@@ -34,12 +36,16 @@ from rosbags.typesys import Stores, get_typestore
 
 from ... import modalities, msgs as codecs
 from ...errors import ConfigError
+from ...transforms import ODOM_FRAME, matrix_quaternion
 from .encode import metres
 
 STORAGES = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
 LABELS_TOPIC = "/gt/labels"
 # Transport latency per sensor (s): log time = header stamp + latency.
 LATENCY_S = {"rgb": 0.004, "depth": 0.006, "event": 0.002, "lidar": 0.012}
+# The odometry's latency: shorter than every sensor's, so the ego's pose at a sensor's stamp is in the bag (and in a
+# replay's transform tree) before that sensor's message.
+ODOMETRY_LATENCY_S = 0.001
 _POINT_FIELDS = ("x", "y", "z", "intensity")
 # Each LiDAR point's true class (DELIVER train id, 255 = clutter), from the generator's ray casting: scoring painted
 # clouds needs it; consumers that do not know the field ignore it.
@@ -61,6 +67,9 @@ def cloud_records(xyzi: np.ndarray, labels: Optional[np.ndarray] = None) -> np.n
     return records
 
 
+TF_TYPE = "tf2_msgs/msg/TFMessage"
+
+
 def topic(modality: str) -> str:
     return "/" + modalities.get(modality).topic
 
@@ -78,10 +87,11 @@ TOPICS = {
     "lidar": (topic("lidar"), "sensor_msgs/msg/Image"),
     "points": (sibling_topic("lidar", "points"), "sensor_msgs/msg/PointCloud2"),
     "labels": (LABELS_TOPIC, "sensor_msgs/msg/Image"),
+    "tf_static": ("/tf_static", TF_TYPE),
+    "tf": ("/tf", TF_TYPE),
 }
 COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
-TF_STATIC_TOPIC = "/tf_static"
-BASE_FRAME = "base_link"
+BASE_FRAME = "base_link"  # the ego's body frame: the rig's mounts hang under it, odometry moves it in ODOM_FRAME
 JPEG_QUALITY = 90
 # compressedDepth quantisation (the publisher's depth_max / depth_quantization parameters): the generator's depth
 # stays below 65.5 m, and depth_max must exceed it or the far returns are dropped (the reference default is 10 m).
@@ -93,7 +103,8 @@ COMPRESSED_TOPICS = {
     "event": (topic("event") + "/compressed", COMPRESSED_TYPE),
     "points": TOPICS["points"],
     "labels": TOPICS["labels"],
-    "tf_static": (TF_STATIC_TOPIC, "tf2_msgs/msg/TFMessage"),
+    "tf_static": TOPICS["tf_static"],
+    "tf": TOPICS["tf"],
 }
 
 
@@ -144,10 +155,8 @@ class _Messages:
                                       data=np.frombuffer(bytes(msg.data), np.uint8))
         return self.store.serialize_cdr(out, COMPRESSED_TYPE)
 
-    def tf_static(self, transforms, stamp_ns: int) -> bytes:
-        """[(parent, child, 4x4)] -> tf2_msgs/TFMessage CDR."""
-        from ...transforms import matrix_quaternion
-
+    def transforms(self, transforms, stamp_ns: int) -> bytes:
+        """[(parent, child, 4x4)] -> tf2_msgs/TFMessage CDR, every transform stamped `stamp_ns`."""
         t = self.t
         items = []
         for parent, child, matrix in transforms:
@@ -158,7 +167,7 @@ class _Messages:
                 transform=t["geometry_msgs/msg/Transform"](
                     translation=t["geometry_msgs/msg/Vector3"](x=m[0, 3], y=m[1, 3], z=m[2, 3]),
                     rotation=t["geometry_msgs/msg/Quaternion"](x=x, y=y, z=z, w=w))))
-        return self.store.serialize_cdr(t["tf2_msgs/msg/TFMessage"](transforms=items), "tf2_msgs/msg/TFMessage")
+        return self.store.serialize_cdr(t[TF_TYPE](transforms=items), TF_TYPE)
 
     def points(self, records: np.ndarray, stamp_ns: int, frame_id: str) -> bytes:
         field = self.t["sensor_msgs/msg/PointField"]
@@ -217,9 +226,9 @@ def write_drive_bag(path, frames: Iterable[dict], storage: str = "mcap", drops: 
             for frame in frames:
                 meta = frame["meta"]
                 records = _frame_records(frame, msgs, _dropped(drops, meta["index"], rng), points, compressed)
-                if metadata is None and compressed:  # the rig's extrinsics, once, before anything else
+                if metadata is None:  # the rig's extrinsics, once, before anything else
                     first = min((r[0] for r in records), default=meta["stamps"]["rgb"])
-                    records.append((first - 1, -1, "tf_static", msgs.tf_static(_rig(meta), first - 1)))
+                    records.append((first - 1, -1, "tf_static", msgs.transforms(_rig(meta), first - 1)))
                 metadata = metadata or meta
                 if records:  # everything logged before this frame's first record is final
                     horizon = min(r[0] for r in records)
@@ -281,6 +290,9 @@ def _frame_records(frame: dict, msgs: _Messages, dropped: set, points: bool, com
         add("rgb", "camera_info", stamps["rgb"],
             msgs.camera_info(meta["intrinsics"], rgb.shape[1], rgb.shape[0], stamps["rgb"], ids["rgb"]))
     image("rgb", "labels", frame["labels"])
+    for stamp, world_from_ego in meta.get("odometry", ()):  # never dropped: odometry is not one of the sensors
+        out.append((stamp + int(ODOMETRY_LATENCY_S * 1e9), len(out), "tf",
+                    msgs.transforms([(ODOM_FRAME, BASE_FRAME, world_from_ego)], stamp)))
     if "depth" not in dropped:
         if compressed:
             transported("depth", "depth", metres(frame["depth"]), stamps["depth"])

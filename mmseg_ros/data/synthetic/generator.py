@@ -11,7 +11,8 @@ publisher, training) shares:
     labels  (S, S)    uint8      DELIVER train ids; 255 = ignore
     lidar_points (N, 4) float32  x, y, z, intensity in the scanner's frame at its own time
     lidar_point_labels (N,) uint8  the true class of each of those points (255 = clutter, no surface)
-    meta    dict                 times, condition, failure, intrinsics, extrinsics, frame ids
+    meta    dict                 times, condition, failure, intrinsics, extrinsics, frame ids, stamps, and
+                                 odometry: [(stamp ns, 4x4 world <- ego)] at every sensor stamp of the frame
 
 Everything random comes from the seed, the frame index and a fixed stream number, so any frame can be rendered
 alone, in any order, in any process, with identical bytes.
@@ -100,7 +101,11 @@ class SceneGenerator:
         points, point_labels = self._scan(index, lidar_time)
         lidar = sensors.project_points(points, self.camera_from_lidar, self.intrinsics, self.cfg.rig.lidar.max_range_m)
         meta = self._meta(index, t, lidar_time)
-        meta["stamps"] = self._stamps(index, t, lidar_time, event_ends)
+        meta["stamps"] = stamps = self._stamps(index, t, lidar_time, event_ends)
+        # The ego's motion as the vehicle's odometry reports it, at every stamp a sensor of this frame carries: a
+        # consumer relating two sensors' data (the LiDAR scanned 25 ms after the camera) looks the ego up there.
+        sensor_stamps = sorted({stamps["rgb"], stamps["depth"], stamps["lidar"], *stamps["event"]})
+        meta["odometry"] = [(stamp, self.ego_pose_at(stamp).matrix()) for stamp in sensor_stamps]
         # Copies: the view stays cached for the next frame's event window and must not change under the caller.
         frame = dict(rgb=rgb, depth=view.depth.copy(), event=events[-1][1], lidar=lidar, labels=view.labels.copy(),
                      lidar_points=points, lidar_point_labels=point_labels, meta=meta)
@@ -108,11 +113,20 @@ class SceneGenerator:
             frame["events"] = events
         return frame
 
+    def ego_pose_at(self, stamp_ns: int) -> Pose:
+        """World <- ego at the time a header stamp names (the ego's odometry; the world frame is its fixed frame)."""
+        return self.trajectory.pose((int(stamp_ns) - self._start_ns) / 1e9)
+
     def render_depth(self, time: float) -> np.ndarray:
         """The exact depth image at any time (e.g. the LiDAR's), for checks."""
         return self._view(time).depth.copy()
 
     # -- internals --------------------------------------------------------------------------------------------
+    @property
+    def _start_ns(self) -> int:
+        """The header stamp of time 0 (integer ns since the epoch)."""
+        return int(round(self.cfg.rig.rates.start_time_s * 1e9))
+
     def _rng(self, index: int, stream: int, sub: int = 0):
         return np.random.default_rng([self.seed, 7, index, stream, sub])
 
@@ -194,8 +208,7 @@ class SceneGenerator:
         event window of the camera period gets one, whether or not it was rendered."""
         rates = self.cfg.rig.rates
         rng = self._rng(index, _STAMPS)
-
-        start_ns = int(round(rates.start_time_s * 1e9))
+        start_ns = self._start_ns
 
         def stamp(seconds):  # integer arithmetic on the epoch part: float64 cannot hold epoch nanoseconds
             return start_ns + int(round((seconds + rng.uniform(-1, 1) * rates.stamp_jitter_s) * 1e9))
