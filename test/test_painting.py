@@ -88,6 +88,51 @@ def test_painted_cloud_layout_and_dropping_unlabeled_points(scene):
     assert back.dtype.names == painted.dtype.names and np.array_equal(back["label"], painted["label"])
 
 
+def _thin_pole_before_a_wall():
+    """A LiDAR looking along the camera's axis (identity extrinsic) at a wall 20 m away and a thin pole 5 m away,
+    both scanned every third image row as a LiDAR's beams would be: the pole's returns (column 32, rows 1, 4, 7, ...)
+    share no pixel with the wall's (rows 0, 3, 6, ...), so the z-buffer alone hides nothing. One more return 0.3 m
+    behind the pole (the pole's own relief, within the occlusion margin) sits at row 2, column 32."""
+    size, focal = 64, 64.0
+    camera = msgs.camera_from_info(msgs.numpy_to_camera_info(
+        np.array([focal, 0, 32, 0, focal, 32, 0, 0, 1], float), size, size, ros=False))
+    pixels = ([(r, c, 20.0) for r in range(0, size, 3) for c in range(size)]
+              + [(r, 32, 5.0) for r in range(1, size, 3)] + [(2, 32, 5.3)])
+    rows, cols, depth = (np.array(v) for v in zip(*pixels))
+    records = np.zeros(len(pixels), [("x", "<f4"), ("y", "<f4"), ("z", "<f4")])
+    records["x"], records["y"], records["z"] = (cols - 32) * depth / focal, (rows - 32) * depth / focal, depth
+    order = np.random.default_rng(3).permutation(len(records))  # the cloud's order is not the image's
+    return camera, records[order], rows[order], cols[order], depth[order]
+
+
+def test_a_thin_near_object_hides_the_far_points_between_its_returns():
+    camera, records, rows, cols, depth = _thin_pole_before_a_wall()
+    labels = (np.arange(64 * 64) % 25).astype(np.uint8).reshape(64, 64)
+    confidence = np.ones((64, 64), np.float32)
+    footprint = 2.0  # 64 px * tan(1 deg) = 1.1: each return covers the pixels within 1 row and 1 column
+    assert msgs.projection.footprint_radii(camera, footprint) == (1, 1)
+    # The wall's returns within one row and one column of a pole return are behind it; nothing else is.
+    pole = depth == 5.0
+    behind = np.zeros(len(records), bool)
+    for r, c in zip(rows[pole], cols[pole]):
+        behind |= (depth == 20.0) & (abs(rows - r) <= 1) & (abs(cols - c) <= 1)
+    assert 30 < behind.sum() < 100
+
+    flat = msgs.project_cloud(msgs.cloud_xyz(records), camera, np.eye(4))
+    assert (painting.paint(records, flat, labels, confidence, 25)["label"] == labels[rows, cols]).all()
+    projection = msgs.project_cloud(msgs.cloud_xyz(records), camera, np.eye(4), footprint_deg=footprint)
+    np.testing.assert_array_equal(projection.image(), flat.image())  # the model's LiDAR image does not change
+    painted = painting.paint(records, projection, labels, confidence, 25)
+    assert len(painted) == len(records) and np.array_equal(painted["x"], records["x"])  # order and count kept
+    labelled = painted["label"] != 255
+    np.testing.assert_array_equal(labelled, ~behind)  # the relief return 0.3 m behind the pole stays labelled
+    # The points the camera sees carry the label of their pixel, by the construction's own pixels.
+    np.testing.assert_array_equal(painted["label"][labelled], labels[rows[labelled], cols[labelled]])
+    assert (painted["confidence"][~labelled] == 0).all()
+    kept = painting.paint(records, projection, labels, confidence, 25, keep_unlabeled=False)
+    np.testing.assert_array_equal(kept["x"], records["x"][~behind])  # the hidden ones dropped, input order kept
+
+
 def test_a_cloud_that_already_has_the_fields_is_refused(scene):
     _, camera, extrinsic, records = scene
     clashing = np.zeros(3, [("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("label", "u1")])
@@ -173,11 +218,14 @@ def test_the_pipeline_paints_the_sets_own_cloud_and_counts_sets_without_one(scen
     for o in painted:
         assert o.points_header.frame_id == ids["lidar_points"] and len(o.points) == len(records)
         used = o.images["lidar"]  # the LiDAR image this set's model saw came from the very cloud painted
-        projection = msgs.project_cloud(msgs.cloud_xyz(records), camera, extrinsic)
+        projection = msgs.project_cloud(msgs.cloud_xyz(records), camera, extrinsic,
+                                        footprint_deg=config.points_occlusion_deg)
         np.testing.assert_array_equal(projection.image(), used)
-        visible = projection.winners
-        np.testing.assert_array_equal(o.points["label"][visible],
-                                      o.labels[projection.rows[visible], projection.cols[visible]])
+        # The points the camera sees (the default footprint hides some on the winners' pixels) and no others.
+        seen = projection.seen
+        assert 0 < len(seen) < len(projection.winners)
+        np.testing.assert_array_equal(o.points["label"][seen], o.labels[projection.rows[seen], projection.cols[seen]])
+        assert (o.points["label"] != 255).sum() == len(seen)
     statuses = {s.name: s for s in pipeline.report(2 * 10**9, "segment_node", {})}
     assert statuses["segment_node: segmentation"].value("unpainted_sets") == str(len(unpainted))
 

@@ -108,34 +108,39 @@ def main(args) -> int:
 
 
 def _painting(args, rng, camera, lidar_to_camera) -> None:
-    """outputs.points: the per-point projection (instead of the image-only one) and painting the cloud with the
-    outputs (a gather over the projected pixels plus the record copy), per cloud size."""
+    """outputs.points: the per-point projection (instead of the image-only one), with the occlusion test of the
+    default footprint (outputs.points_occlusion_deg), and painting the cloud with the outputs (a gather over the
+    projected pixels plus the record copy), per cloud size."""
     import numpy as np
 
     from .. import msgs
     from ..pipeline import painting
+    from ..pipeline.config import defaults
     from ..reporting import markdown_table, median_ms
     from .timing import time_call
 
     labels = rng.integers(0, 25, (camera.height, camera.width)).astype(np.uint8)
     confidence = rng.random((camera.height, camera.width)).astype(np.float32)
+    footprint = defaults()["outputs.points_occlusion_deg"]
     rows = []
     for count in args.paint_points:
         cloud = _scan(count, rng)
         xyz = msgs.cloud_xyz(cloud)
-        projection = msgs.project_cloud(xyz, camera, lidar_to_camera)
+        projection = msgs.project_cloud(xyz, camera, lidar_to_camera, footprint_deg=footprint)
         painted = painting.paint(cloud, projection, labels, confidence, 25)
         rows.append([
-            count, int(projection.visible.sum()),
+            count, int(projection.visible.sum()), len(projection.seen),
             median_ms(time_call(lambda: msgs.project_points(xyz, camera, lidar_to_camera), args.repeat)),
             median_ms(time_call(lambda: msgs.project_cloud(xyz, camera, lidar_to_camera), args.repeat)),
+            median_ms(time_call(lambda: msgs.project_cloud(xyz, camera, lidar_to_camera, footprint_deg=footprint),
+                                args.repeat)),
             median_ms(time_call(lambda: painting.paint(cloud, projection, labels, confidence, 25), args.repeat)),
             median_ms(time_call(lambda: msgs.numpy_to_pointcloud(painted), args.repeat)),
         ])
     print(f"Painting LiDAR points (outputs.points) into {camera.width}x{camera.height} outputs, median of "
-          f"{args.repeat} runs, ms")
-    print(markdown_table(["points", "labelled", "project (image only)", "project (per point)", "paint",
-                          "encode painted cloud"], rows))
+          f"{args.repeat} runs, ms; occlusion test with footprints of {footprint} deg")
+    print(markdown_table(["points", "on a pixel", "seen", "project (image only)", "project (per point)",
+                          "project + occlusion test", "paint", "encode painted cloud"], rows))
 
 
 def _compressed(args, rng) -> None:

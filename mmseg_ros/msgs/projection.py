@@ -3,7 +3,8 @@
 One projection serves both directions: `project_cloud` says where every point of a cloud lands (in the cloud's own
 point order, -1 where it lands nowhere: behind the camera, outside the image, beyond the distortion model's fold, or
 hidden behind a nearer point at the same pixel), so the same pixels that built the LiDAR image can carry the
-segmentation back onto the points. `project_points` is the image-only path (no per-point arrays).
+segmentation back onto the points, and which of those points the camera sees (`footprint_deg`: not hidden behind a
+nearer return's footprint). `project_points` is the image-only path (no per-point arrays).
 """
 from __future__ import annotations
 
@@ -105,6 +106,7 @@ class Projection:
     width: int
     winners: np.ndarray  # indices of the visible points
     values: np.ndarray  # their image values (float32)
+    seen: np.ndarray  # the winners the camera sees (not hidden behind a nearer return's footprint), in winners' order
 
     @property
     def visible(self) -> np.ndarray:
@@ -117,15 +119,57 @@ class Projection:
         return image
 
 
-def project_cloud(points, camera: Camera, extrinsic, *, value: str = "depth", min_depth: float = 1e-3) -> Projection:
-    """`project_points` keeping, for every point (NaN coordinates allowed: they land nowhere), the pixel it owns."""
+def project_cloud(points, camera: Camera, extrinsic, *, value: str = "depth", min_depth: float = 1e-3,
+                  footprint_deg: float = 0.0) -> Projection:
+    """`project_points` keeping, for every point (NaN coordinates allowed: they land nowhere), the pixel it owns, and
+    which of those points the camera sees when each return covers `footprint_deg` (see `hidden_behind_footprints`;
+    0 = the z-buffer's pixel only: every winner is seen). The image (`winners`, `values`) does not depend on it."""
     _check_value(value)
     pts = np.asarray(points, dtype=np.float64)
     winners, pixels, z = _visible(pts, camera, extrinsic, min_depth)
     rows = np.full(len(pts), -1, dtype=np.int64)
     cols = np.full(len(pts), -1, dtype=np.int64)
     rows[winners], cols[winners] = np.divmod(pixels, camera.width)
-    return Projection(rows, cols, camera.height, camera.width, winners, _values(pts, z, winners, value))
+    seen = winners
+    radii = footprint_radii(camera, footprint_deg)
+    if winners.size and any(radii):
+        seen = winners[~hidden_behind_footprints(pixels, z[winners], camera.height, camera.width, radii)]
+    return Projection(rows, cols, camera.height, camera.width, winners, _values(pts, z, winners, value), seen)
+
+
+# A point counts as hidden behind a nearer return when it is farther by more than both of these: 0.5 m keeps the
+# returns of one surface together at short range (range noise, and a car's or a wall's own relief within a
+# footprint), 15 % keeps a surface seen at a slant together farther out, where one footprint spans more depth.
+OCCLUSION_MARGIN_M = 0.5
+OCCLUSION_MARGIN_RELATIVE = 0.15
+
+
+def footprint_radii(camera: Camera, footprint_deg: float) -> tuple:
+    """(rows, cols): the half-size in pixels of a return's footprint `footprint_deg` wide, through the camera's focal
+    lengths (at the image centre: the footprint is an approximation, not a beam model)."""
+    if footprint_deg <= 0:
+        return 0, 0
+    half = np.tan(np.radians(footprint_deg) / 2)
+    return int(np.floor(camera.k[1, 1] * half + 0.5)), int(np.floor(camera.k[0, 0] * half + 0.5))
+
+
+def hidden_behind_footprints(pixels: np.ndarray, depths: np.ndarray, height: int, width: int,
+                             radii: tuple) -> np.ndarray:
+    """Which of the points at flat `pixels` (one per pixel, camera z `depths`) are hidden from the camera: a nearer
+    return within (rows, cols) `radii` pixels, nearer by more than the occlusion margins. LiDAR returns are sparse
+    in the image (a beam every few pixels), so the z-buffer alone lets a point behind a thin or near object, seen
+    by the LiDAR past it from its other mount, keep the label of the object the camera sees there; giving each
+    return a footprint fills the gaps between beams with the nearest surface."""
+    import cv2
+
+    nearest = np.full(height * width, np.inf, dtype=np.float32)
+    nearest[pixels] = depths
+    rows, cols = radii
+    # Erosion is a minimum filter: the nearest return within the footprint, infinity where there is none.
+    nearest = cv2.erode(nearest.reshape(height, width), np.ones((2 * rows + 1, 2 * cols + 1), np.uint8),
+                        borderType=cv2.BORDER_REPLICATE).reshape(-1)
+    margin = np.maximum(OCCLUSION_MARGIN_M, OCCLUSION_MARGIN_RELATIVE * depths)
+    return depths - nearest[pixels] > margin
 
 
 def cloud_xyz(points: np.ndarray, names: Sequence[str] = ("x", "y", "z")) -> np.ndarray:

@@ -62,12 +62,13 @@ def lidar_image(points: np.ndarray, camera: Optional["msgs.Camera"], extrinsic: 
 
 
 def lidar_projection(points: np.ndarray, camera: Optional["msgs.Camera"], extrinsic: np.ndarray,
-                     source: str) -> "msgs.Projection":
-    """`lidar_image` keeping where each point landed (to paint the cloud with the outputs): its `image()` is the
-    same LiDAR image."""
+                     source: str, footprint_deg: float = 0.0) -> "msgs.Projection":
+    """`lidar_image` keeping where each point landed (to paint the cloud with the outputs) and which points the
+    camera sees behind returns `footprint_deg` wide: its `image()` is the same LiDAR image."""
     if camera is None:
         raise MessageError(f"lidar: no CameraInfo received on {source} yet; cannot project the points")
-    return msgs.project_cloud(msgs.cloud_xyz(points), camera, extrinsic, value=LIDAR_IMAGE_VALUE)
+    return msgs.project_cloud(msgs.cloud_xyz(points), camera, extrinsic, value=LIDAR_IMAGE_VALUE,
+                              footprint_deg=footprint_deg)
 
 
 def valid_returns(image: np.ndarray) -> bool:

@@ -17,6 +17,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 from .. import cards, modalities
 from .. import precision as precisions
 from ..errors import ConfigError
+from ..msgs.projection import OCCLUSION_MARGIN_M, OCCLUSION_MARGIN_RELATIVE
 from ..transforms import ODOM_FRAME
 
 NODE_NAME = "segment_node"
@@ -135,6 +136,12 @@ PARAMETERS: Tuple[Param, ...] = (
     Param("outputs.points_keep_unlabeled", BOOL, True,
           "~/points keeps every input point (order and count as the input; unlabeled = 255, or 65535 above 255 "
           "classes); false drops points behind the camera, outside the image or hidden behind a nearer point"),
+    Param("outputs.points_occlusion_deg", DOUBLE, 1.5,
+          "~/points: angular size of each LiDAR return's footprint in the camera image; a point behind a nearer "
+          f"return's footprint (farther by more than max({OCCLUSION_MARGIN_M:g} m, {OCCLUSION_MARGIN_RELATIVE:.0%})) "
+          "is hidden from the camera and unlabeled. "
+          "0 = only a nearer point at the same pixel hides it. The model's LiDAR image does not change",
+          low=0.0, high=10.0),
     Param("outputs.frame_id", STRING, "",
           "frame_id of the outputs (their pixels are on the camera grid); empty = the camera's, from its images or "
           "CameraInfo, whichever input anchors the set"),
@@ -208,6 +215,7 @@ class NodeConfig:
     output_frame_id: str
     publish_points: bool
     points_keep_unlabeled: bool
+    points_occlusion_deg: float
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> "NodeConfig":
@@ -271,6 +279,7 @@ class NodeConfig:
             output_frame_id=v["outputs.frame_id"],
             publish_points=v["outputs.points"],
             points_keep_unlabeled=v["outputs.points_keep_unlabeled"],
+            points_occlusion_deg=v["outputs.points_occlusion_deg"],
         )
 
 

@@ -329,7 +329,8 @@ class Pipeline:
         extrinsic = self._extrinsic(item.header, camera_stamp_ns) if self._camera is not None else None
         if not self.config.publish_points:
             return checks.lidar_image(item.points, self._camera, extrinsic, self.camera_info_source), None
-        projection = checks.lidar_projection(item.points, self._camera, extrinsic, self.camera_info_source)
+        projection = checks.lidar_projection(item.points, self._camera, extrinsic, self.camera_info_source,
+                                             self.config.points_occlusion_deg)
         return projection.image(), projection
 
     def _paint(self, cloud, result, now_ns: int) -> Optional[np.ndarray]:

@@ -47,7 +47,7 @@ def paint(points: np.ndarray, projection: "msgs.Projection", labels: np.ndarray,
     # The input records are copied as bytes (one memcpy), whatever their fields.
     out.view(np.uint8).reshape(len(points), dtype.itemsize)[:, :step] = \
         np.ascontiguousarray(points).view(np.uint8).reshape(len(points), step)
-    visible = projection.winners
+    visible = projection.seen
     rows, cols = projection.rows[visible], projection.cols[visible]
     height, width = labels.shape[:2]
     if (height, width) != (projection.height, projection.width):
