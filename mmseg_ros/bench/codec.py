@@ -129,7 +129,7 @@ def _painting(args, rng, camera, lidar_to_camera) -> None:
         projection = msgs.project_cloud(xyz, camera, lidar_to_camera, footprint_deg=footprint)
         painted = painting.paint(cloud, projection, labels, confidence, 25)
         rows.append([
-            count, int(projection.visible.sum()), len(projection.seen),
+            count, int(projection.visible.sum()),
             median_ms(time_call(lambda: msgs.project_points(xyz, camera, lidar_to_camera), args.repeat)),
             median_ms(time_call(lambda: msgs.project_cloud(xyz, camera, lidar_to_camera), args.repeat)),
             median_ms(time_call(lambda: msgs.project_cloud(xyz, camera, lidar_to_camera, footprint_deg=footprint),
@@ -139,7 +139,7 @@ def _painting(args, rng, camera, lidar_to_camera) -> None:
         ])
     print(f"Painting LiDAR points (outputs.points) into {camera.width}x{camera.height} outputs, median of "
           f"{args.repeat} runs, ms; occlusion test with footprints of {footprint} deg")
-    print(markdown_table(["points", "on a pixel", "seen", "project (image only)", "project (per point)",
+    print(markdown_table(["points", "on a pixel", "project (image only)", "project (per point)",
                           "project + occlusion test", "paint", "encode painted cloud"], rows))
 
 

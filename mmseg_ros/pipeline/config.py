@@ -135,7 +135,8 @@ PARAMETERS: Tuple[Param, ...] = (
           "points)"),
     Param("outputs.points_keep_unlabeled", BOOL, True,
           "~/points keeps every input point (order and count as the input; unlabeled = 255, or 65535 above 255 "
-          "classes); false drops points behind the camera, outside the image or hidden behind a nearer point"),
+          "classes); false drops points behind the camera, outside the image or hidden from it (see "
+          "outputs.points_occlusion_deg)"),
     Param("outputs.points_occlusion_deg", DOUBLE, 1.5,
           "~/points: angular size of each LiDAR return's footprint in the camera image; a point behind a nearer "
           f"return's footprint (farther by more than max({OCCLUSION_MARGIN_M:g} m, {OCCLUSION_MARGIN_RELATIVE:.0%})) "

@@ -4,7 +4,8 @@ pixel it was projected to (the same projection, z-buffer included, that built th
 The painted cloud keeps the input's fields, point order and count (when unlabeled points are kept), so a consumer
 can index it against the input cloud; `label` (uint8, uint16 above 255 classes) and `confidence` (float32) are
 appended after the input's point_step, `confidence` 4-byte aligned. Unlabeled points (behind the camera, outside the
-image, NaN, or hidden behind a nearer point at the same pixel) get the label encoding's unlabeled value and
+image, NaN, hidden behind a nearer point at the same pixel, or, with a footprint, hidden behind a nearer return
+near it: `msgs.project_cloud`'s occlusion test) get the label encoding's unlabeled value and
 confidence 0.
 """
 from __future__ import annotations
