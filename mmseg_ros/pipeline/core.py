@@ -372,12 +372,22 @@ class Pipeline:
             raise MessageError(f"lidar: inputs.lidar_extrinsic is not set and no TF is available to look up {camera} "
                                f"<- {cloud}; set the parameter (4x4) or provide TF")
         cloud_ns, fixed_frame = stamp_to_ns(header.stamp), self.config.fixed_frame
-        try:
-            if fixed_frame and self.transforms.has_frame(fixed_frame):
+        has_fixed_frame = bool(fixed_frame) and self.transforms.has_frame(fixed_frame)
+        if has_fixed_frame:
+            try:
                 matrix = self.transforms.lookup_full(camera, camera_stamp_ns, cloud, cloud_ns, fixed_frame)
                 self.compensated += 1
                 return matrix
-            if fixed_frame and "no fixed frame" not in self._warned:
+            except MMSegError as exc:
+                # Odometry that does not reach a stamp (late, or a gap) costs this cloud its compensation, not the
+                # LiDAR input: the static transform below, counted as uncompensated and said once.
+                if "odometry gap" not in self._warned:
+                    self._warned.add("odometry gap")
+                    self.on_warning(f"a LiDAR cloud could not be compensated for the ego's motion through "
+                                    f"{fixed_frame!r} ({exc}); such clouds are projected with the static transform "
+                                    f"{camera} <- {cloud} (diagnostics: lidar_clouds_uncompensated)")
+        try:
+            if fixed_frame and not has_fixed_frame and "no fixed frame" not in self._warned:
                 self._warned.add("no fixed frame")
                 self.on_warning(f"TF has no frame {fixed_frame!r} (inputs.fixed_frame): LiDAR clouds are projected "
                                 f"with the static transform {camera} <- {cloud} at the cloud's stamp, not compensated "
@@ -386,8 +396,7 @@ class Pipeline:
             self.uncompensated += 1
             return matrix
         except MMSegError as exc:
-            via = f" through {fixed_frame}" if fixed_frame else ""
-            raise MessageError(f"lidar: no transform {camera} <- {cloud}{via}: {exc}") from None
+            raise MessageError(f"lidar: no transform {camera} <- {cloud}: {exc}") from None
 
     # -- diagnostics ------------------------------------------------------------------------------------------------
 
