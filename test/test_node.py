@@ -684,3 +684,39 @@ def test_a_publisher_at_fast_dds_defaults_is_named_as_a_transport_problem(listen
             peer.wait()
         code, _ = stop(node)
     assert code == 0, _tail(log)
+
+
+def test_confidence_and_color_are_built_only_while_subscribed(listener, tmp_path):
+    """outputs.only_when_subscribed (default): with ~/labels the only output watched, the node says in its
+    diagnostics that ~/confidence and ~/color go unbuilt and publishes neither; a ~/color subscriber joining gets
+    colour images from then on, and the diagnostics name only ~/confidence."""
+    ns, log = "/lazy", tmp_path / "lazy.log"
+    listener.watch_images(f"{ns}/{NODE}/labels", check_labels)
+    listener.watch_diagnostics(f"{ns}/{NODE}")
+    node = start_node(log, ns, "modalities:=[rgb, depth]")
+    sensors = None
+
+    def unwatched():
+        values = [s[2] for d in listener.diagnostics(f"{ns}/{NODE}") for name, s in d.statuses.items()
+                  if name.endswith(": segmentation") and "outputs_without_subscribers" in s[2]]
+        return values[-1]["outputs_without_subscribers"] if values else None
+
+    try:
+        wait_for(lambda: listener.node.count_publishers(f"{ns}/{NODE}/labels") == 1, START_TIMEOUT_S,
+                 "the node's labels publisher", node, log)
+        sensors = subprocess.Popen([str(BIN / "mmseg"), "sensors", "--size", str(SIZE), "--frames", "4",
+                                    "--duration", "40", "--ros-args", "-r", f"__ns:={ns}"],
+                                   stdout=(tmp_path / "sensors.log").open("w"), stderr=subprocess.STDOUT, cwd=ROOT)
+        wait_for(lambda: len(listener.seen(f"{ns}/{NODE}/labels")) >= 3 and unwatched() == "confidence, color",
+                 30.0, "labels while confidence and color are unwatched", node, log)
+        listener.watch_images(f"{ns}/{NODE}/color")
+        wait_for(lambda: len(listener.seen(f"{ns}/{NODE}/color")) >= 3 and unwatched() == "confidence", 30.0,
+                 "colour images once subscribed", node, log)
+        color = listener.seen(f"{ns}/{NODE}/color")
+        assert all(s.encoding == "rgb8" and (s.width, s.height) == (SIZE, SIZE) for s in color)
+    finally:
+        if sensors is not None:
+            sensors.kill()
+            sensors.wait()
+        code, _ = stop(node)
+    assert code == 0, _tail(log)

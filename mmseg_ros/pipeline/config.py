@@ -122,6 +122,9 @@ PARAMETERS: Tuple[Param, ...] = (
           low=1, high=64, step=1),
     Param("outputs.confidence", BOOL, True, "publish ~/confidence (32FC1 max softmax probability)"),
     Param("outputs.color", BOOL, True, "publish ~/color (rgb8 palette, blended with the camera image)"),
+    Param("outputs.only_when_subscribed", BOOL, True,
+          "~/confidence and ~/color are built and published only while something subscribes to them (rosbag record, "
+          "RViz and ros2 topic echo do); false builds them for every set"),
     Param("outputs.color_alpha", DOUBLE, 0.5, "weight of the camera image in ~/color: 0 = palette only",
           low=0.0, high=1.0),
     Param("outputs.resolution", STRING, RESOLUTION_CAMERA,
@@ -207,6 +210,7 @@ class NodeConfig:
     min_modalities: int
     publish_confidence: bool
     publish_color: bool
+    only_when_subscribed: bool
     color_alpha: float
     output_resolution: str
     output_depth: int
@@ -271,6 +275,7 @@ class NodeConfig:
             min_modalities=v["sync.min_modalities"],
             publish_confidence=v["outputs.confidence"],
             publish_color=v["outputs.color"],
+            only_when_subscribed=v["outputs.only_when_subscribed"],
             color_alpha=v["outputs.color_alpha"],
             output_resolution=v["outputs.resolution"],
             output_depth=v["outputs.queue_depth"],

@@ -113,6 +113,7 @@ class Pipeline:
         self.transforms = transforms
         self.on_warning = on_warning or logging.getLogger("mmseg_ros").warning
         self._warned: set = set()
+        self._skipped_outputs: Tuple[str, ...] = ()
         self._camera_info = None  # the message behind self._camera: scaled for ~/camera_info
         self._palette = outputs.palette_lut(config.card.class_set)
         window = None if keep_all_samples else 200
@@ -237,9 +238,10 @@ class Pipeline:
 
     # -- sets -------------------------------------------------------------------------------------------------------
 
-    def process(self, sset: SyncSet, now_ns: int) -> Optional[SegmentedSet]:
+    def process(self, sset: SyncSet, now_ns: int, color: Optional[bool] = None) -> Optional[SegmentedSet]:
         """Segment one set: the anchor first (it sets the size), the other inputs checked against it, at least
-        min_modalities usable, then the engine and the overlay. None when the set is given up (counted)."""
+        min_modalities usable, then the engine and the overlay (`color`, default: the pipeline's setting; the node
+        skips it while ~/color has no subscriber). None when the set is given up (counted)."""
         cfg = self.config
         begin = time.perf_counter()
         images: Dict[str, np.ndarray] = {}
@@ -280,8 +282,9 @@ class Pipeline:
         size = self.output_size or (cfg.card.input_size if cfg.output_resolution == RESOLUTION_MODEL else anchor_size)
         result = self.segmenter.segment(images, output_size=size)
         segmented = time.perf_counter()
+        overlay_wanted = self.color if color is None else color
         color = None
-        if self.color:
+        if overlay_wanted:
             camera = images.get(CAMERA)
             if cfg.output_resolution == RESOLUTION_MODEL:  # the camera at the outputs' size, as the model saw it
                 camera = result.resized.get(CAMERA, camera)
@@ -306,8 +309,10 @@ class Pipeline:
         self.model_ms.add(result.timing["total"])
         return output
 
-    def published(self, output: SegmentedSet, now_ns: int) -> None:
-        """`output` went out at `now_ns`: rates, anchor-stamp-to-publish latency, what the last output used."""
+    def published(self, output: SegmentedSet, now_ns: int, skipped: Tuple[str, ...] = ()) -> None:
+        """`output` went out at `now_ns`: rates, anchor-stamp-to-publish latency, what the last output used, which
+        outputs were not built for want of a subscriber (`skipped`)."""
+        self._skipped_outputs = tuple(skipped)
         self.published_count += 1
         self.rate_out.tick(now_ns)
         self.latency_ms.add((now_ns - output.stamp_ns) / 1e6)
@@ -426,6 +431,8 @@ class Pipeline:
             modalities_used=self._last_used, last_output_age_s=None if last is None else (now_ns - last) / NS_PER_S,
             output_timeout_s=cfg.output_timeout, hardware_id=hardware_id,
             extra={**self._router, **({"unpainted_sets": self.unpainted} if cfg.publish_points else {}),
+                   **({"outputs_without_subscribers": ", ".join(self._skipped_outputs) or "none"}
+                      if cfg.only_when_subscribed else {}),
                    **({"lidar_clouds_motion_compensated": self.compensated,
                        "lidar_clouds_uncompensated": self.uncompensated} if self.transforms is not None else {})})
         return diagnostics.statuses(node_name, report, inputs, now_ns, cfg.diagnostics_period)

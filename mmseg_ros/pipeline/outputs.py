@@ -12,6 +12,8 @@ from .. import msgs, preprocess
 from .config import CAMERA, RESOLUTION_MODEL
 from .checks import size_of
 
+# Image outputs a consumer may not want: with outputs.only_when_subscribed the node builds them only for subscribers.
+OPTIONAL_IMAGE_OUTPUTS = ("confidence", "color")
 CV2_LUT_ENTRIES = 256  # cv2.LUT maps uint8 images only: label sets with more ids take numpy's lookup
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import threading
 import warnings
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -236,12 +236,22 @@ class SegmentNodeCore:
                 self.log.error(f"set failed: {type(exc).__name__}: {exc}", throttle_duration_sec=LOG_THROTTLE_S)
 
     def _process(self, sset: SyncSet) -> None:
-        output = self.pipeline.process(sset, self._now())
+        unwatched = self._unwatched_outputs()
+        output = self.pipeline.process(sset, self._now(), color=self.config.publish_color and "color" not in unwatched)
         if output is None or self._stop.is_set():
             return
-        for name, msg in outputs.to_messages(output, self.config).items():
-            self._publishers[name].publish(msg)
-        self.pipeline.published(output, self._now())
+        for kind in outputs.kinds(output, self.config):
+            if kind not in unwatched:
+                self._publishers[kind].publish(outputs.to_message(kind, output, self.config))
+        self.pipeline.published(output, self._now(), skipped=unwatched)
+
+    def _unwatched_outputs(self) -> Tuple[str, ...]:
+        """The optional image outputs nobody subscribes to now (outputs.only_when_subscribed): not built. ~/labels,
+        the node's heartbeat, is always published."""
+        if not self.config.only_when_subscribed:
+            return ()
+        return tuple(kind for kind in outputs.OPTIONAL_IMAGE_OUTPUTS
+                     if kind in self._publishers and self._publishers[kind].get_subscription_count() == 0)
 
     # -- diagnostics (executor thread) ------------------------------------------------------------------------------
 
