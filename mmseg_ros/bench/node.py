@@ -65,6 +65,9 @@ def configure(parser):
                         help="autocast precision of the engine (half precisions on CUDA only)")
     parser.add_argument("--resolution", default=None, choices=("camera", "model"),
                         help="outputs.resolution (default: the node's default)")
+    parser.add_argument("--outputs", nargs="+", default=list(OUTPUTS), choices=OUTPUTS,
+                        help="outputs built and published (default all; the node builds confidence and color only "
+                             "while subscribed: `--outputs labels` is a node whose consumers take the labels alone)")
     parser.add_argument("--role", default="bench", choices=("bench", ROLE_PUBLISHER), help="internal: process role")
     parser.add_argument("--timeout", type=float, default=120.0, help="give up after this many seconds")
 
@@ -160,7 +163,7 @@ class NodeStages:
     """The node's pipeline on one set, stage by stage, with the node's default parameters and output QoS."""
 
     def __init__(self, node, card_name: str, device: str = "auto", precision: str = "fp32",
-                 resolution: Optional[str] = None):
+                 resolution: Optional[str] = None, built=OUTPUTS):
         from rclpy.qos import QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import Image
 
@@ -175,7 +178,8 @@ class NodeStages:
         self._pipeline_class = Pipeline
         self.restart()
         qos = QoSProfile(depth=cfg.output_depth, reliability=ReliabilityPolicy.RELIABLE)
-        self.publishers = {name: node.create_publisher(Image, _topic(f"out/{name}"), qos) for name in OUTPUTS}
+        self.built = tuple(name for name in OUTPUTS if name in built)
+        self.publishers = {name: node.create_publisher(Image, _topic(f"out/{name}"), qos) for name in self.built}
 
     def restart(self) -> None:
         """A fresh pipeline (synchronizer, size guard, statistics) with the same model: a node restarted for a
@@ -204,14 +208,14 @@ class NodeStages:
         if not whole:
             return None
         sset = whole[-1]
-        output = pipeline.process(sset, sset.emitted_ns)
+        output = pipeline.process(sset, sset.emitted_ns, color="color" in self.built)
         if output is None or len(output.used) != len(messages):
             raise RuntimeError(f"the pipeline did not segment the whole set: missing {output and output.missing}")
         ms = output.timing
         encode = {f"encode.{kind}": 0.0 for kind in OUTPUTS}
         encode["encode.color"] = ms["overlay"] / 1e3
         out = {}
-        for kind in outputs.kinds(output, self.config):
+        for kind in (k for k in outputs.kinds(output, self.config) if k in self.built):
             t3 = clock()
             out[kind] = outputs.to_message(kind, output, self.config)
             encode[f"encode.{kind}"] = encode.get(f"encode.{kind}", 0.0) + clock() - t3
@@ -269,7 +273,10 @@ def _bench(args) -> int:
     try:
         print(f"bench node: card {card.name}, inputs {', '.join(card.modalities)}, sizes {args.sizes}, "
               f"{args.sets} sets each at {args.rate:g}/s; {transport}", file=sys.stderr, flush=True)
-        stages = NodeStages(node, card.name, args.device, args.precision, args.resolution)  # while the peer starts
+        if "labels" not in args.outputs:
+            raise ConfigError("bench node: --outputs must include labels (the node always publishes them)")
+        stages = NodeStages(node, card.name, args.device, args.precision, args.resolution,  # while the peer starts
+                            args.outputs)
         command = [sys.executable, "-m", "mmseg_ros.cli", "bench", "node", "--role", ROLE_PUBLISHER,
                    "--sets", str(args.sets), "--rate", str(args.rate), "--card", card.name,
                    "--timeout", str(args.timeout), "--sizes", *map(size_label, args.sizes)]
@@ -352,14 +359,16 @@ def _print_table(rows, card, outputs, stages) -> None:
               "forward p50 ms (excluded)", "sync wait p50", "latency p50 ms", "latency - forward"]
     print(markdown_table(header, rows))
     cfg = stages.config
-    print(f"\nCard {card.name} ({card.num_classes} classes, model input {card.input_size[0]} px), torch threads "
-          f"{torch.get_num_threads()}, device {stages.pipeline.segmenter.device}, precision {cfg.precision}, outputs "
-          f"at {cfg.output_resolution} resolution. Transport: one set of all inputs from the publisher "
-          "process (stamp at the start of the set) to the last image's arrival in this process' callback, shipped "
-          "SHM profile; it includes rclpy's conversion into Python messages, which the node process pays too. "
-          "Node overhead: per-set sum of the pipeline's stages (the Pipeline segment_node drives), medians over "
-          "the sets but the first (warm-up); the forward is excluded. Encode per output: building its Image (the "
-          "colour one with its overlay); their sum is the encode column. Sync wait: the synchronizer's own delay "
-          "after the set's last input arrived. Latency: anchor stamp to the outputs published, per set (transport + "
-          "sync wait + node overhead + forward), as a node with an idle worker would see it. Outputs received by the "
-          f"peer: {outputs.get('received')}.")
+    caption = (
+        f"Card {card.name} ({card.num_classes} classes, model input {card.input_size[0]} px), torch threads "
+        f"{torch.get_num_threads()}, device {stages.pipeline.segmenter.device}, precision {cfg.precision}, outputs at "
+        f"{cfg.output_resolution} resolution, built and published: {', '.join(stages.built)}. Transport: one set of "
+        "all inputs from the publisher process (stamp at the start of the set) to the last image's arrival in this "
+        "process' callback, shipped SHM profile; it includes rclpy's conversion into Python messages, which the node "
+        "process pays too. Node overhead: per-set sum of the pipeline's stages (the Pipeline segment_node drives), "
+        "medians over the sets but the first (warm-up); the forward is excluded. Encode per output: building its "
+        "Image (the colour one with its overlay); their sum is the encode column. Sync wait: the synchronizer's own "
+        "delay after the set's last input arrived. Latency: anchor stamp to the outputs published, per set "
+        "(transport + sync wait + node overhead + forward), as a node with an idle worker would see it. Outputs "
+        f"received by the peer: {outputs.get('received')}.")
+    print("\n" + caption)
