@@ -66,6 +66,7 @@ def _peer(args) -> int:
     from sensor_msgs.msg import Image
 
     from .. import msgs
+    from ..ros.spin import try_shutdown
 
     rclpy.init()
     node = rclpy.create_node(f"mmseg_bench_dds_{args.role}")
@@ -94,7 +95,7 @@ def _peer(args) -> int:
         return 0
     finally:
         node.destroy_node()
-        rclpy.try_shutdown()
+        try_shutdown()
 
 
 def _transport(args, pub_profile: bool, sub_profile: bool) -> tuple:

@@ -108,6 +108,7 @@ def _publisher(args) -> int:
     from .. import cards, msgs
     from ..data.synthetic.schedule import ENCODINGS
     from ..ros import dds
+    from ..ros.spin import try_shutdown
 
     dds.configure_transport()
     import rclpy
@@ -152,7 +153,7 @@ def _publisher(args) -> int:
         return 0
     finally:
         node.destroy_node()
-        rclpy.try_shutdown()
+        try_shutdown()
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from ..errors import MMSegError
 from ..pipeline.config import NODE_NAME
 from . import dds
 from .segment import SegmentNodeCore
+from .spin import try_shutdown
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -99,10 +100,10 @@ def run(lifecycle: bool, ros_argv: List[str]) -> int:
             node.core.stop()
         if executor is not None:
             executor.shutdown()
-        rclpy.try_shutdown()
+        try_shutdown()
         if node is not None:
             node.destroy_node()
-        rclpy.try_shutdown()
+        try_shutdown()
     return code
 
 

@@ -54,6 +54,7 @@ import numpy as np
 from ..data.synthetic.schedule import (BAD_ENCODING, BAD_KINDS, ENCODINGS, BadMessage, Slot, bad_variant,
                                        build_schedule, parse_bad, parse_drop, render, topics)
 from ..errors import ConfigError
+from .spin import try_shutdown
 
 QOS_CHOICES = ("sensor_data", "reliable")
 QUEUE_DEPTH = 5
@@ -174,7 +175,7 @@ def main(args) -> int:
             signal.signal(sig, handler)
         if node is not None:
             node.destroy_node()
-        rclpy.try_shutdown()
+        try_shutdown()
 
 
 def _wait_for_subscribers(publishers: dict, timeout: float, stop, log) -> bool:

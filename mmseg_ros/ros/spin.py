@@ -10,6 +10,20 @@ import threading
 JOIN_TIMEOUT_S = 5.0
 
 
+def try_shutdown(context=None) -> None:
+    """`rclpy.try_shutdown` that tolerates losing the race with rclpy's own signal handler: on SIGINT that handler
+    shuts the context down from its own thread, between try_shutdown's "still ok?" check and its shutdown, which then
+    raises "rcl_shutdown already called" (seen on Jazzy). Down is what was wanted; any other failure still raises."""
+    import rclpy
+    from rclpy._rclpy_pybind11 import RCLError
+
+    try:
+        rclpy.try_shutdown(context=context)
+    except RCLError:
+        if rclpy.ok(context=context):
+            raise
+
+
 class SpinThread:
     """Spin `node` on its own executor in a daemon thread until `close()` (or the end of a `with` block).
 
@@ -27,13 +41,11 @@ class SpinThread:
         self.thread.start()
 
     def close(self) -> None:
-        import rclpy
-
         self.executor.shutdown()
-        rclpy.try_shutdown(context=self.context)
+        try_shutdown(self.context)
         self.thread.join(timeout=JOIN_TIMEOUT_S)
         self.node.destroy_node()
-        rclpy.try_shutdown(context=self.context)
+        try_shutdown(self.context)
 
     def __enter__(self) -> "SpinThread":
         return self
