@@ -24,13 +24,13 @@ import numpy as np
 
 
 def bilinear_taps(n_out: int, n_in: int):
-    """Bilinear taps along one axis: for each output index the first and second source index and their float32
-    weights (source position clamped at 0, the second index at the edge)."""
+    """Bilinear taps along one axis: for each output index its first source index and the float32 weights of the
+    first and the second (source position clamped at 0; the second index is the next one, clamped at the edge: the
+    kernels' `below` / `right`)."""
     position = np.maximum((np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5, 0.0)
     first = np.minimum(np.floor(position).astype(np.intp), n_in - 1)
-    second = np.minimum(first + 1, n_in - 1)
     weight = (position - first).astype(np.float32)
-    return first, second, np.float32(1.0) - weight, weight
+    return first, np.float32(1.0) - weight, weight
 
 
 def _runs(first: np.ndarray, n_in: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -72,11 +72,18 @@ def _fill_cells(best, row_start, row_end, col_start, col_end, labels):  # pragma
                     labels[oy, ox] = value
 
 
+@numba.njit(cache=True, inline="always")
+def _blend(probabilities, k, r0, c0, r1, c1, a0, a1, b0, b1):  # pragma: no cover - compiled
+    """Class k's bilinear blend of the cell's four sources, in cv2's order: along x, then along y."""
+    return ((probabilities[r0, c0, k] * a0 + probabilities[r0, c1, k] * a1) * b0
+            + (probabilities[r1, c0, k] * a0 + probabilities[r1, c1, k] * a1) * b1)
+
+
 @numba.njit(cache=True)
 def _blend_mixed(probabilities, best, cell_y, cell_x, below, right, row_start, row_end, col_start, col_end,
                  wy0, wy1, wx0, wx1, labels, confidence):  # pragma: no cover - compiled
-    """Label and confidence of every output pixel of the mixed cells: the best of the cell's candidate classes
-    (blended in cv2's order: along x, then along y), or of all classes where another class could win."""
+    """Label and confidence of every output pixel of the mixed cells: the best of the cell's candidate classes, or of
+    all classes where another class could win."""
     classes = probabilities.shape[2]
     for n in range(cell_y.shape[0]):
         r0, c0 = cell_y[n], cell_x[n]
@@ -96,15 +103,12 @@ def _blend_mixed(probabilities, best, cell_y, cell_x, below, right, row_start, r
                 a0, a1 = wx0[ox], wx1[ox]
                 winner, top = candidates[0], np.float32(-1.0)
                 for q in range(4):
-                    k = candidates[q]
-                    v = ((probabilities[r0, c0, k] * a0 + probabilities[r0, c1, k] * a1) * b0
-                         + (probabilities[r1, c0, k] * a0 + probabilities[r1, c1, k] * a1) * b1)
+                    v = _blend(probabilities, candidates[q], r0, c0, r1, c1, a0, a1, b0, b1)
                     if v > top:
-                        winner, top = k, v
+                        winner, top = candidates[q], v
                 if top <= bound:
                     for k in range(classes):
-                        v = ((probabilities[r0, c0, k] * a0 + probabilities[r0, c1, k] * a1) * b0
-                             + (probabilities[r1, c0, k] * a0 + probabilities[r1, c1, k] * a1) * b1)
+                        v = _blend(probabilities, k, r0, c0, r1, c1, a0, a1, b0, b1)
                         if v > top or (v == top and k < winner):
                             winner, top = k, v
                 labels[oy, ox] = winner
@@ -124,8 +128,8 @@ def upsample_argmax(probabilities: np.ndarray, size: Tuple[int, int], dtype=np.u
         return best.astype(dtype), peak
     confidence = cv2.resize(peak, (width, height), interpolation=cv2.INTER_LINEAR)
     labels = np.empty((height, width), dtype)
-    y0, _, wy0, wy1 = bilinear_taps(height, h)
-    x0, _, wx0, wx1 = bilinear_taps(width, w)
+    y0, wy0, wy1 = bilinear_taps(height, h)
+    x0, wx0, wx1 = bilinear_taps(width, w)
     row_start, row_end = _runs(y0, h)
     col_start, col_end = _runs(x0, w)
     _fill_cells(best, row_start, row_end, col_start, col_end, labels)
