@@ -23,6 +23,7 @@ class Tf2Lookup:
 
     def __init__(self, buffer, errors: tuple, listener=None):
         self.buffer, self._errors, self.listener = buffer, errors, listener
+        self._seen_frames: set = set()  # frames found once: the pipeline asks for the fixed frame every cloud
 
     def lookup(self, target: str, source: str, stamp_ns: int) -> np.ndarray:
         return self._matrix(self.buffer.lookup_transform, target, source, _time(stamp_ns))
@@ -35,10 +36,14 @@ class Tf2Lookup:
     def has_frame(self, name: str) -> bool:
         import yaml
 
+        name = name.lstrip("/")
+        if name in self._seen_frames:
+            return True
         # The buffer's frames as YAML: each child frame with its parent (a root frame appears only as a parent).
         frames = yaml.safe_load(self.buffer.all_frames_as_yaml()) or {}
         known = set(frames) | {str(entry.get("parent", "")) for entry in frames.values() if isinstance(entry, dict)}
-        return name.lstrip("/") in known
+        self._seen_frames |= known
+        return name in known
 
     def _matrix(self, lookup, *args) -> np.ndarray:
         try:
