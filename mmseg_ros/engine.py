@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import cards, precision as precisions, preprocess
+from . import area_average, cards, precision as precisions, preprocess
 from .errors import ConfigError
 from .upsampling import upsample_argmax
 
@@ -75,7 +75,11 @@ class Segmenter:
                           f"the model's trained parts are randomly initialised")
         self.model = load_model(self.card, checkpoint).to(self.device).eval()
         self._norms = {m: self.card.normalization(m) for m in self.card.modalities}
-        if self.device.type == "cpu":  # compile (or load from numba's cache) now, not inside the first frame
+        # Compile the numba kernels (or load them from numba's cache) now, not inside the first frame: the area
+        # average for the dtypes cameras send, the argmax upsampling on the CPU.
+        for dtype in (np.uint8, np.uint16, np.float32):
+            area_average.shrink(np.zeros((4, 4, 3), dtype), (2, 2))
+        if self.device.type == "cpu":
             self.postprocess(torch.zeros((1, self.num_classes, 2, 2)), (4, 3))
 
     @property
