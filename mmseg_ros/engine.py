@@ -94,19 +94,20 @@ class Segmenter:
     def num_classes(self) -> int:
         return self.card.num_classes
 
-    def segment(self, images: Mapping[str, np.ndarray],
-                output_size: Optional[Tuple[int, int]] = None) -> SegmentationResult:
-        """Segment one set of sensor images (entries that are None count as absent)."""
+    def segment(self, images: Mapping[str, np.ndarray], output_size: Optional[Tuple[int, int]] = None,
+                out: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> SegmentationResult:
+        """Segment one set of sensor images (entries that are None count as absent). `out`: (labels, confidence)
+        arrays of the output size, `label_dtype` and float32, to write the result into."""
         start = time.perf_counter()
         names, inputs, size, resized = self._prepare(images, output_size)
         self._sync()
         t_pre = time.perf_counter()
         with torch.inference_mode(), self._autocast():
-            out = self.model(inputs)
+            prediction = self.model(inputs)
         self._sync()
         t_fwd = time.perf_counter()
-        labels, confidence = self.postprocess(out["logits"], size)
-        router = _router_weights(out, names)
+        labels, confidence = self.postprocess(prediction["logits"], size, out)
+        router = _router_weights(prediction, names)
         t_post = time.perf_counter()
         timing = {
             "preprocess": 1e3 * (t_pre - start),
@@ -147,7 +148,13 @@ class Segmenter:
             inputs[name] = torch.from_numpy(np.ascontiguousarray(chw, dtype=np.float32))[None].to(self.device)
         return names, inputs, output_size, resized
 
-    def postprocess(self, logits: torch.Tensor, size: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:
+    @property
+    def label_dtype(self) -> type:
+        """uint8 label ids up to 255 classes, uint16 beyond."""
+        return np.uint8 if self.num_classes <= MAX_UINT8_CLASSES else np.uint16
+
+    def postprocess(self, logits: torch.Tensor, size: Tuple[int, int],
+                    out: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> Tuple[np.ndarray, np.ndarray]:
         """(1, K, h, w) logits -> labels (H, W) uint8/uint16 and confidence (H, W) float32 at `size`.
 
         The softmax is taken at the model's resolution and the class probabilities are upsampled bilinearly;
@@ -155,19 +162,25 @@ class Segmenter:
         (1024 px, 25 classes: ~450 ms vs ~110 ms on 2 CPU cores) for no information the model has. On the CPU
         `upsampling.upsample_argmax` gives the same result without upsampling K maps (25 classes, 128 px to 1024:
         1.9 ms vs 129 ms; it wins at every size measured, 128 px included); on CUDA the full upsampling runs on the
-        device and only the labels (already narrowed to their dtype) and the confidence are copied back."""
-        dtype = np.uint8 if self.num_classes <= MAX_UINT8_CLASSES else np.uint16
+        device and only the labels (already narrowed to their dtype) and the confidence are copied back. `out`:
+        (labels, confidence) arrays of `size` to write into (the node's message buffers), returned."""
+        dtype = self.label_dtype
         probabilities = torch.softmax(logits.float(), dim=1)
         height, width = size
         if probabilities.device.type == "cpu":
-            return upsample_argmax(probabilities[0].permute(1, 2, 0).numpy(), size, dtype)
+            return upsample_argmax(probabilities[0].numpy(), size, dtype, out)
         if probabilities.shape[2:] != (height, width):
             probabilities = F.interpolate(probabilities, size=(height, width), mode="bilinear", align_corners=False)
         confidence, labels = probabilities[0].max(dim=0)
         # torch has no uint16 arithmetic on every build: int32 on the device, narrowed to uint16 on the host.
         narrow = torch.uint8 if dtype == np.uint8 else torch.int32
         labels = labels.to(narrow).cpu().numpy().astype(dtype, copy=False)
-        return labels, confidence.cpu().numpy().astype(np.float32, copy=False)
+        confidence = confidence.cpu().numpy().astype(np.float32, copy=False)
+        if out is None:
+            return labels, confidence
+        np.copyto(out[0], labels)
+        np.copyto(out[1], confidence)
+        return out
 
     # -- helpers ----------------------------------------------------------------------------------------------------
 

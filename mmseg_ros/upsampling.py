@@ -16,7 +16,7 @@ first call.
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import cv2
 import numba
@@ -41,69 +41,96 @@ def _runs(first: np.ndarray, n_in: int) -> Tuple[np.ndarray, np.ndarray]:
     return end - counts, end
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _source_cells(probabilities, below, right, best, peak, mixed):  # pragma: no cover - compiled
     """Per source pixel its argmax (the first of equal maxima, as numpy's) and max; per cell (the pixel and its right,
-    lower and lower-right neighbours, clamped at the edges) whether its four argmaxes differ."""
-    h, w, classes = probabilities.shape
-    for i in range(h):
-        for j in range(w):
-            winner, top = 0, probabilities[i, j, 0]
-            for k in range(1, classes):
-                if probabilities[i, j, k] > top:
-                    winner, top = k, probabilities[i, j, k]
-            best[i, j], peak[i, j] = winner, top
+    lower and lower-right neighbours, clamped at the edges) whether its four argmaxes differ. The class loop is the
+    outer one and the compare a select, so the pass over each class map vectorises."""
+    classes, h, w = probabilities.shape
+    maps = probabilities.reshape(classes, h * w)
+    winners, values = best.reshape(h * w), peak.reshape(h * w)
+    for p in range(h * w):
+        winners[p], values[p] = 0, maps[0, p]
+    for k in range(1, classes):
+        scores = maps[k]
+        for p in range(h * w):
+            value, top = scores[p], values[p]
+            winners[p] = k if value > top else winners[p]
+            values[p] = max(value, top)
     for i in range(h):
         for j in range(w):
             c = best[i, j]
             mixed[i, j] = best[i, right[j]] != c or best[below[i], j] != c or best[below[i], right[j]] != c
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _fill_cells(best, row_start, row_end, col_start, col_end, labels):  # pragma: no cover - compiled
     """Every output pixel gets its cell's top-left argmax (right wherever the cell agrees; mixed cells are
-    overwritten by `_blend_mixed`)."""
+    overwritten by `_blend_mixed`). The output rows of one source row are equal: the first is filled, the others
+    copied from it (an element loop: numba's slice assignment was 5x slower)."""
     h, w = best.shape
+    width = labels.shape[1]
     for cy in range(h):
-        for oy in range(row_start[cy], row_end[cy]):
-            for cx in range(w):
-                value = best[cy, cx]
-                for ox in range(col_start[cx], col_end[cx]):
-                    labels[oy, ox] = value
+        first = row_start[cy]
+        if first == row_end[cy]:
+            continue
+        row = labels[first]
+        for cx in range(w):
+            value = best[cy, cx]
+            for ox in range(col_start[cx], col_end[cx]):
+                row[ox] = value
+        for oy in range(first + 1, row_end[cy]):
+            target = labels[oy]
+            for x in range(width):
+                target[x] = row[x]
 
 
 @numba.njit(cache=True, inline="always")
 def _blend(probabilities, k, r0, c0, r1, c1, a0, a1, b0, b1):  # pragma: no cover - compiled
     """Class k's bilinear blend of the cell's four sources, in cv2's order: along x, then along y."""
-    return ((probabilities[r0, c0, k] * a0 + probabilities[r0, c1, k] * a1) * b0
-            + (probabilities[r1, c0, k] * a0 + probabilities[r1, c1, k] * a1) * b1)
+    return ((probabilities[k, r0, c0] * a0 + probabilities[k, r0, c1] * a1) * b0
+            + (probabilities[k, r1, c0] * a0 + probabilities[k, r1, c1] * a1) * b1)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _blend_mixed(probabilities, best, cell_y, cell_x, below, right, row_start, row_end, col_start, col_end,
                  wy0, wy1, wx0, wx1, labels, confidence):  # pragma: no cover - compiled
     """Label and confidence of every output pixel of the mixed cells: the best of the cell's candidate classes, or of
-    all classes where another class could win."""
-    classes = probabilities.shape[2]
+    all classes where another class could win. A cell's distinct candidates (ascending, so equal blends go to the
+    lower class id, as argmax does) and their four source values are gathered once per cell."""
+    classes = probabilities.shape[0]
+    candidates = np.empty(4, np.int64)
+    sources = np.empty((4, 4), np.float32)  # per candidate: top-left, top-right, bottom-left, bottom-right
     for n in range(cell_y.shape[0]):
         r0, c0 = cell_y[n], cell_x[n]
         r1, c1 = below[r0], right[c0]
-        candidates = np.empty(4, np.int64)
         candidates[0], candidates[1] = best[r0, c0], best[r0, c1]
         candidates[2], candidates[3] = best[r1, c0], best[r1, c1]
-        candidates.sort()  # equal blends go to the lower class id, as argmax does
+        candidates.sort()
+        distinct = 0
+        for q in range(4):
+            if q == 0 or candidates[q] != candidates[q - 1]:
+                k = candidates[q]
+                candidates[distinct] = k
+                sources[distinct, 0], sources[distinct, 1] = probabilities[k, r0, c0], probabilities[k, r0, c1]
+                sources[distinct, 2], sources[distinct, 3] = probabilities[k, r1, c0], probabilities[k, r1, c1]
+                distinct += 1
         bound = np.float32(-1.0)  # the largest source value of any class that is not a candidate
         for k in range(classes):
-            if k != candidates[0] and k != candidates[1] and k != candidates[2] and k != candidates[3]:
-                bound = max(bound, probabilities[r0, c0, k], probabilities[r0, c1, k], probabilities[r1, c0, k],
-                            probabilities[r1, c1, k])
+            other = True
+            for q in range(distinct):
+                other = other and k != candidates[q]
+            if other:
+                bound = max(bound, probabilities[k, r0, c0], probabilities[k, r0, c1], probabilities[k, r1, c0],
+                            probabilities[k, r1, c1])
         for oy in range(row_start[r0], row_end[r0]):
             b0, b1 = wy0[oy], wy1[oy]
             for ox in range(col_start[c0], col_end[c0]):
                 a0, a1 = wx0[ox], wx1[ox]
                 winner, top = candidates[0], np.float32(-1.0)
-                for q in range(4):
-                    v = _blend(probabilities, candidates[q], r0, c0, r1, c1, a0, a1, b0, b1)
+                for q in range(distinct):  # cv2's order: along x, then along y
+                    v = ((sources[q, 0] * a0 + sources[q, 1] * a1) * b0
+                         + (sources[q, 2] * a0 + sources[q, 3] * a1) * b1)
                     if v > top:
                         winner, top = candidates[q], v
                 if top <= bound:
@@ -115,19 +142,28 @@ def _blend_mixed(probabilities, best, cell_y, cell_x, below, right, row_start, r
                 confidence[oy, ox] = top
 
 
-def upsample_argmax(probabilities: np.ndarray, size: Tuple[int, int], dtype=np.uint8) -> Tuple[np.ndarray, np.ndarray]:
-    """(h, w, K) class probabilities -> (labels (H, W) `dtype`, confidence (H, W) float32): the argmax and max of
-    their bilinear upsampling (or shrinking) to `size`."""
+def upsample_argmax(probabilities: np.ndarray, size: Tuple[int, int], dtype=np.uint8,
+                    out: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """(K, h, w) class probabilities (torch's layout) -> (labels (H, W) `dtype`, confidence (H, W) float32): the
+    argmax and max of their bilinear upsampling (or shrinking) to `size`. `out`: (labels, confidence) arrays of
+    that shape and dtype to write them into (message buffers), returned."""
     probabilities = np.ascontiguousarray(probabilities, dtype=np.float32)
-    h, w, _ = probabilities.shape
+    _, h, w = probabilities.shape
     height, width = int(size[0]), int(size[1])
+    labels, confidence = out if out is not None else (np.empty((height, width), dtype),
+                                                      np.empty((height, width), np.float32))
+    if labels.shape != (height, width) or labels.dtype != dtype or confidence.shape != (height, width) \
+            or confidence.dtype != np.float32:
+        raise ValueError(f"upsample_argmax: out must be ({height}, {width}) {np.dtype(dtype).name} labels and "
+                         f"float32 confidence, got {labels.shape} {labels.dtype} and {confidence.shape} "
+                         f"{confidence.dtype}")
     below, right = np.minimum(np.arange(h) + 1, h - 1), np.minimum(np.arange(w) + 1, w - 1)
     best, peak, mixed = np.empty((h, w), np.int32), np.empty((h, w), np.float32), np.empty((h, w), np.bool_)
     _source_cells(probabilities, below, right, best, peak, mixed)
     if (h, w) == (height, width):
-        return best.astype(dtype), peak
-    confidence = cv2.resize(peak, (width, height), interpolation=cv2.INTER_LINEAR)
-    labels = np.empty((height, width), dtype)
+        labels[...], confidence[...] = best, peak
+        return labels, confidence
+    cv2.resize(peak, (width, height), dst=confidence, interpolation=cv2.INTER_LINEAR)
     y0, wy0, wy1 = bilinear_taps(height, h)
     x0, wx0, wx1 = bilinear_taps(width, w)
     row_start, row_end = _runs(y0, h)

@@ -215,6 +215,11 @@ def full_upsampling(probabilities: np.ndarray, size):
     return up.argmax(axis=2), up.max(axis=2), up
 
 
+def chw(probabilities: np.ndarray) -> np.ndarray:
+    """(h, w, K) -> (K, h, w), the layout upsample_argmax takes (torch's)."""
+    return np.ascontiguousarray(probabilities.transpose(2, 0, 1))
+
+
 def random_probabilities(rng, h, w, classes, block, sharpness):
     """Softmax of logits that are constant over block x block regions plus noise: large agreeing areas with class
     boundaries between them (what a segmentation looks like), or pure noise with block 1."""
@@ -231,7 +236,7 @@ def test_upsample_argmax_equals_the_full_upsampling(h, w, classes, height, width
     """Labels as the full K-map upsampling gives them except where two classes tie to rounding; confidence within
     1e-5. Shrinking sizes (height < h) are included: the same bilinear taps."""
     probabilities = random_probabilities(np.random.default_rng(seed), h, w, classes, block, sharpness)
-    labels, confidence = upsample_argmax(probabilities, (height, width))
+    labels, confidence = upsample_argmax(chw(probabilities), (height, width))
     ref_labels, ref_confidence, up = full_upsampling(probabilities, (height, width))
     assert labels.shape == (height, width) and labels.dtype == np.uint8 and confidence.dtype == np.float32
     assert np.abs(confidence - ref_confidence).max() <= 1e-5
@@ -244,12 +249,25 @@ def test_upsample_argmax_equals_the_full_upsampling(h, w, classes, height, width
 def test_upsample_argmax_uint16_labels_and_an_unchanged_size():
     rng = np.random.default_rng(3)
     probabilities = random_probabilities(rng, 6, 7, 300, 2, 4.0)
-    labels, confidence = upsample_argmax(probabilities, (40, 33), np.uint16)
+    labels, confidence = upsample_argmax(chw(probabilities), (40, 33), np.uint16)
     ref_labels, ref_confidence, _ = full_upsampling(probabilities, (40, 33))
     assert labels.dtype == np.uint16 and (labels == ref_labels).mean() > 0.999
     assert np.abs(confidence - ref_confidence).max() <= 1e-5
-    same, peak = upsample_argmax(probabilities, (6, 7), np.uint16)
+    same, peak = upsample_argmax(chw(probabilities), (6, 7), np.uint16)
     assert (same == probabilities.argmax(2)).all() and (peak == probabilities.max(2)).all()
+
+
+def test_upsample_argmax_writes_into_given_arrays():
+    """The node's message buffers: the same result written in place (stale contents overwritten), a wrong shape or
+    dtype refused."""
+    probabilities = chw(random_probabilities(np.random.default_rng(8), 9, 11, 25, 3, 4.0))
+    expected = upsample_argmax(probabilities, (50, 37))
+    out = (np.full((50, 37), 7, np.uint8), np.full((50, 37), -1.0, np.float32))
+    labels, confidence = upsample_argmax(probabilities, (50, 37), out=out)
+    assert labels is out[0] and confidence is out[1]
+    assert np.array_equal(labels, expected[0]) and np.array_equal(confidence, expected[1])
+    with pytest.raises(ValueError, match="out must be"):
+        upsample_argmax(probabilities, (50, 37), out=(np.empty((50, 37), np.uint16), out[1]))
 
 
 @pytest.mark.parametrize("size", [(61, 47), (20, 18), (12, 10)])  # the shortcut, a small upsampling, none

@@ -248,6 +248,33 @@ def test_overlay_in_uint8_is_the_float_blend_to_one_level():
             assert blended.dtype == np.uint8 and np.abs(blended.astype(int) - reference).max() <= 1
 
 
+def test_labels_overlay_is_the_palette_blended_with_the_camera_to_one_level():
+    """The single-pass overlay against colorize + the float blend, for every camera layout a message gives (rgb8,
+    bgr8 and bgra8 views, mono8, 16-bit), alphas at the ends and between, and written into a given buffer."""
+    card = NodeConfig.from_values({"model.card": TINY}).card
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, card.num_classes, (31, 45)).astype(np.uint8)
+    labels[0, :3] = 255  # unlabeled: the lookup table's black
+    palette = outputs.colorize(labels, card.class_set)
+    raw = rng.integers(0, 256, (31, 45, 4), dtype=np.uint8)
+    cameras = {"rgb8": np.ascontiguousarray(raw[:, :, :3]), "bgr8 view": np.ascontiguousarray(raw[:, :, :3])[:, :, ::-1],
+               "bgra8 view": raw[:, :, 2::-1], "mono8": raw[:, :, 0].copy(),
+               "rgb16": rng.integers(0, 65536, (31, 45, 3), dtype=np.uint16)}
+    for name, camera in cameras.items():
+        unit = preprocess.to_unit("rgb", camera)
+        for alpha in (0.0, 0.3, 0.5, 0.9, 1.0):
+            reference = (1 - alpha) * palette + alpha * 255.0 * unit  # the exact blend
+            blended = outputs.labels_overlay(labels, camera, card.class_set, alpha)
+            assert blended.dtype == np.uint8 and blended.shape == (31, 45, 3), name
+            assert np.abs(blended - reference).max() <= 1, (name, alpha)
+    buffer = np.zeros((31, 45, 3), np.uint8)
+    result = outputs.labels_overlay(labels, cameras["rgb8"], card.class_set, 0.5, out=buffer)
+    assert result is buffer and buffer.any()
+    assert np.array_equal(outputs.labels_overlay(labels, None, card.class_set, 0.5), palette)
+    with pytest.raises(ValueError, match="contiguous"):
+        outputs.labels_overlay(labels, cameras["rgb8"], card.class_set, 0.5, out=np.zeros((45, 31, 3), np.uint8))
+
+
 def test_scaled_camera_info_maps_pixel_centres():
     k = [[400.0, 0.0, 319.5], [0.0, 410.0, 239.5], [0.0, 0.0, 1.0]]
     info = msgs.numpy_to_camera_info(k, 640, 480, d=(0.1, -0.05, 0.0, 0.0, 0.01), ros=False)
@@ -270,7 +297,8 @@ def test_model_resolution_outputs_and_camera_info():
     assert output.labels.shape == size and output.confidence.shape == size and output.color.shape == (*size, 3)
     camera = preprocess.resize("rgb", output.images["rgb"], size)  # as the engine resized it for the model
     palette = outputs.colorize(output.labels, pipeline.config.card.class_set)
-    assert np.array_equal(output.color, outputs.overlay(palette, camera, pipeline.config.color_alpha))
+    expected = outputs.overlay(palette, camera, pipeline.config.color_alpha).astype(int)
+    assert np.abs(output.color.astype(int) - expected).max() <= 1
     out = outputs.to_messages(output, pipeline.config, ros=False)
     assert set(out) == {"labels", "confidence", "color", "camera_info"}
     assert (out["camera_info"].width, out["camera_info"].height) == (size[1], size[0])

@@ -116,6 +116,8 @@ class Pipeline:
         self._skipped_outputs: Tuple[str, ...] = ()
         self._camera_info = None  # the message behind self._camera: scaled for ~/camera_info
         self._palette = outputs.palette_lut(config.card.class_set)
+        outputs.labels_overlay(np.zeros((1, 1), np.uint8), np.zeros((1, 1, 3), np.uint8), config.card.class_set,
+                               0.5, self._palette)  # compile (or load) the overlay kernel now, not in the first set
         window = None if keep_all_samples else 200
         self.decode_ms, self.wait_ms, self.model_ms, self.latency_ms, self.anchor_wait_ms = (
             LatencyWindow(window) for _ in range(5))
@@ -289,8 +291,7 @@ class Pipeline:
             if cfg.output_resolution == RESOLUTION_MODEL:  # the camera at the outputs' size, as the model saw it
                 camera = result.resized.get(CAMERA, camera)
                 camera = outputs.resize_for_overlay(camera, result.labels.shape[:2])  # output_size overridden
-            color = outputs.overlay(outputs.colorize(result.labels, cfg.card.class_set, self._palette), camera,
-                                    cfg.color_alpha)
+            color = outputs.labels_overlay(result.labels, camera, cfg.card.class_set, cfg.color_alpha, self._palette)
         overlaid = time.perf_counter()
         timing = {"checks": 1e3 * (checked - begin), **result.timing, "overlay": 1e3 * (overlaid - segmented)}
         painted = self._paint(cloud, result, now_ns) if cfg.publish_points else None

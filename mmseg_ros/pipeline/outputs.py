@@ -8,7 +8,7 @@ from typing import Any, Dict, Optional, Tuple
 import cv2
 import numpy as np
 
-from .. import msgs, preprocess
+from .. import msgs, overlay as tinting, preprocess
 from .config import CAMERA, RESOLUTION_MODEL
 from .checks import size_of
 
@@ -46,12 +46,31 @@ def overlay(color: np.ndarray, camera: Optional[np.ndarray], alpha: float) -> np
     return cv2.addWeighted(np.ascontiguousarray(color), 1.0 - alpha, camera_rgb, alpha, 0.0)
 
 
+def labels_overlay(labels: np.ndarray, camera: Optional[np.ndarray], class_set, alpha: float,
+                   lut: Optional[np.ndarray] = None, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """`overlay(colorize(labels), camera, alpha)` (within one level), written into `out` when given (a contiguous
+    (H, W, 3) uint8 array). uint8 labels over an 8-bit camera image of their size take `overlay.blend`'s single pass;
+    other label widths and cameras the two steps."""
+    camera_rgb = None
+    if camera is not None and alpha > 0.0 and size_of(camera) == size_of(labels):
+        camera_rgb = _rgb8(camera)
+    if camera_rgb is not None and labels.dtype == np.uint8 and class_set.num_classes <= CV2_LUT_ENTRIES:
+        return tinting.blend(labels, camera_rgb, palette_lut(class_set) if lut is None else lut, alpha, out)
+    color = overlay(colorize(labels, class_set, lut), camera, alpha)
+    if out is None:
+        return color
+    np.copyto(out, color)
+    return out
+
+
 def _rgb8(camera: np.ndarray) -> Optional[np.ndarray]:
     """An 8-bit camera image as contiguous (H, W, 3) RGB, or None for other encodings."""
     if camera.dtype != np.uint8:
         return None
     if camera.ndim == 2 or camera.shape[2] == 1:
         return cv2.cvtColor(np.ascontiguousarray(camera), cv2.COLOR_GRAY2RGB)
+    if camera.shape[2] == 3 and camera.strides[2] < 0 and camera[:, :, ::-1].flags.c_contiguous:
+        return cv2.cvtColor(camera[:, :, ::-1], cv2.COLOR_BGR2RGB)  # a bgr8 message's RGB view: cv2's SIMD swap
     if camera.shape[2] == 3:
         return np.ascontiguousarray(camera)
     if camera.shape[2] == 4:
