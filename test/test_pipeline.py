@@ -257,8 +257,8 @@ def test_labels_overlay_is_the_palette_blended_with_the_camera_to_one_level():
     labels[0, :3] = 255  # unlabeled: the lookup table's black
     palette = outputs.colorize(labels, card.class_set)
     raw = rng.integers(0, 256, (31, 45, 4), dtype=np.uint8)
-    cameras = {"rgb8": np.ascontiguousarray(raw[:, :, :3]), "bgr8 view": np.ascontiguousarray(raw[:, :, :3])[:, :, ::-1],
-               "bgra8 view": raw[:, :, 2::-1], "mono8": raw[:, :, 0].copy(),
+    rgb = np.ascontiguousarray(raw[:, :, :3])
+    cameras = {"rgb8": rgb, "bgr8 view": rgb[:, :, ::-1], "bgra8 view": raw[:, :, 2::-1], "mono8": raw[:, :, 0].copy(),
                "rgb16": rng.integers(0, 65536, (31, 45, 3), dtype=np.uint16)}
     for name, camera in cameras.items():
         unit = preprocess.to_unit("rgb", camera)
