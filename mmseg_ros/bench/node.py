@@ -169,6 +169,7 @@ class NodeStages:
         from sensor_msgs.msg import Image
 
         from ..engine import Segmenter
+        from ..msgs import MessageBuffers
         from ..pipeline import NodeConfig, Pipeline
 
         values = {"model.card": card_name, "model.precision": precision}
@@ -176,7 +177,7 @@ class NodeStages:
             values["outputs.resolution"] = resolution
         self.config = cfg = NodeConfig.from_values(values)
         self.segmenter = Segmenter(cfg.card, checkpoint=cfg.checkpoint, device=device, precision=cfg.precision)
-        self._pipeline_class = Pipeline
+        self._pipeline_class, self._buffers_class = Pipeline, MessageBuffers  # as segment_node builds it
         self.restart()
         qos = QoSProfile(depth=cfg.output_depth, reliability=ReliabilityPolicy.RELIABLE)
         self.built = tuple(name for name in OUTPUTS if name in built)
@@ -185,7 +186,7 @@ class NodeStages:
     def restart(self) -> None:
         """A fresh pipeline (synchronizer, size guard, statistics) with the same model: a node restarted for a
         camera of another resolution, where the running one would reject the new size as bad input."""
-        self.pipeline = self._pipeline_class(self.config, self.segmenter)
+        self.pipeline = self._pipeline_class(self.config, self.segmenter, output_buffers=self._buffers_class())
 
     def run(self, messages: dict) -> dict:
         """Stage times (s) for one set {modality: (received Image, arrival ns)} in arrival order; the arrival times

@@ -1,6 +1,7 @@
 """sensor_msgs Image / PointCloud2 / CameraInfo <-> numpy, and LiDAR points -> sparse range image in a camera.
 
-One job per module: `types` (plain stand-ins and message building), `image` (the Image codec and the output images),
+One job per module: `types` (plain stand-ins and message building), `buffers` (output arrays that messages carry
+without a copy), `image` (the Image codec and the output images),
 `pointcloud` (the PointCloud2 codec), `compressed` (CompressedImage in image_transport's compressed and
 compressedDepth formats), `camera` (the camera model), `projection` (points into a camera, both ways). Everything
 public is re-exported here, so callers write `msgs.image_to_numpy(...)`.
@@ -17,6 +18,7 @@ Conventions:
   normalisation, and is what `preprocess` treats as missing); nearest point (smallest camera depth) wins a pixel.
 * Anything malformed raises MessageError naming the field and the values.
 """
+from .buffers import MessageBuffers, backing_bytes
 from .camera import DISTORTION_MODELS, MAX_CAMERA_PIXELS, Camera, camera_from_info, numpy_to_camera_info
 from .projection import (PROJECTION_VALUES, Projection, cloud_xyz, pointcloud_to_range_image, project_cloud,
                          project_points)
@@ -30,6 +32,7 @@ from .types import (CameraInfo, CompressedImage, Header, Image, PointCloud2, Poi
                     ros_messages_available)
 
 __all__ = [
+    "MessageBuffers", "backing_bytes",
     "DISTORTION_MODELS", "MAX_CAMERA_PIXELS", "PROJECTION_VALUES", "Camera", "camera_from_info",
     "numpy_to_camera_info", "pointcloud_to_range_image", "project_points", "Projection", "project_cloud", "cloud_xyz",
     "COMPRESSED", "COMPRESSED_DEPTH", "TRANSPORTS", "CompressedFormat", "compressed_to_numpy", "is_compressed",

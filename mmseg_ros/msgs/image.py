@@ -117,9 +117,9 @@ def numpy_to_image(image, encoding: str, header=None, *, step: int | None = None
         padded = np.zeros((height, step), dtype=np.uint8)
         padded[:, :row_bytes] = wire.view(np.uint8).reshape(height, row_bytes)
         wire = padded
-    msg = new_message("Image", ros)
+    msg = new_message("Image", ros, checked=True)  # data is set from an array('B'): kept, not copied again
     set_header(msg, header)
-    msg.height, msg.width, msg.encoding, msg.step = height, width, encoding, step
+    msg.height, msg.width, msg.encoding, msg.step = int(height), int(width), str(encoding), int(step)
     msg.is_bigendian = int(bool(is_bigendian) and want.itemsize > 1)
     msg.data = payload(msg, wire)
     return msg

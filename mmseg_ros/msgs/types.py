@@ -9,6 +9,7 @@ from typing import List
 import numpy as np
 
 from ..errors import MessageError
+from .buffers import backing_bytes
 
 # --------------------------------------------------------------------------------------------------------------------
 # Plain stand-ins for the sensor_msgs types (same field names), used when sensor_msgs is not importable.
@@ -119,12 +120,22 @@ def ros_messages_available() -> bool:
     return _ros_types() is not None
 
 
-def new_message(name: str, ros):
-    """A new message of type `name`: real sensor_msgs if `ros` is True or (None and importable), else plain."""
+def new_message(name: str, ros, *, checked: bool = False):
+    """A new message of type `name`: real sensor_msgs if `ros` is True or (None and importable), else plain.
+
+    `checked` builds a real message with rosidl's field checks on (`check_fields=True`): its uint8[] setter then
+    keeps a given array('B') as it is, where the unchecked setter (the default unless ROS_PYTHON_CHECK_FIELDS=1)
+    copies it; for an image's data that copy is the size of the frame. The caller must then set every field with
+    its exact type."""
     types = _ros_types() if ros is not False else None
     if ros and types is None:
         raise MessageError(f"a sensor_msgs/{name} was requested but sensor_msgs is not importable")
-    return getattr(types[0], name)() if types else _PLAIN[name]()
+    if not types:
+        return _PLAIN[name]()
+    kind = getattr(types[0], name)
+    if checked and "_check_fields" in getattr(kind, "__slots__", ()):
+        return kind(check_fields=True)
+    return kind()
 
 
 def set_header(msg, header) -> None:
@@ -143,10 +154,14 @@ def set_header(msg, header) -> None:
 
 def payload(msg, raw: bytes | np.ndarray):
     """`raw` as the value for msg.data. Real messages store uint8[] as array('B'); handing them one directly skips
-    rclpy's per-element checks (and the ~200 ms cost of assigning an ndarray to a 3 MB image)."""
+    rclpy's per-element checks (and the ~200 ms cost of assigning an ndarray to a 3 MB image). An array that is an
+    array('B')'s bytes (`buffers.MessageBuffers`) is handed over as it is, so the message shares its memory."""
     flat = np.ascontiguousarray(raw).reshape(-1).view(np.uint8)
     if isinstance(msg, _PLAIN_TYPES):
         return flat.tobytes()
+    backing = backing_bytes(flat)
+    if backing is not None:  # already an array('B') of exactly these bytes (MessageBuffers): no copy
+        return backing
     out = array.array("B")
     out.frombytes(flat)
     return out

@@ -87,14 +87,17 @@ class Pipeline:
     def __init__(self, config: NodeConfig, segmenter, *, color: Optional[bool] = None,
                  output_size: Optional[Tuple[int, int]] = None, on_bad_input: Optional[BadInputHandler] = None,
                  camera_info_source: str = "camera_info", keep_all_samples: bool = False, transforms=None,
-                 on_warning: Optional[Callable[[str], None]] = None, started_ns: Optional[int] = None):
+                 on_warning: Optional[Callable[[str], None]] = None, started_ns: Optional[int] = None,
+                 output_buffers: Optional[msgs.MessageBuffers] = None):
         """`color` (default: config.publish_color) builds the overlay; `output_size` (default: the anchor image's,
         or the model's input size with outputs.resolution=model) sizes the outputs; `on_bad_input` hears every
         rejection (the node logs it, the replay may give up); `keep_all_samples` keeps every timing sample instead of
         the last 200 (a replay reports them all); `transforms` (a TransformTree or anything with its `lookup`,
         `lookup_full` and `has_frame`) gives the LiDAR extrinsic when inputs.lidar_extrinsic is not set; `on_warning`
         hears one-time configuration warnings; `started_ns` (activation) is when the wait for the first output
-        begins."""
+        begins; `output_buffers` (a publisher done with each message when publish returns: the node) receives the
+        labels, confidence and overlay, so their messages carry them without a copy (a set's arrays are then
+        reused a few sets later)."""
         self.config = config
         self.segmenter = segmenter
         self.color = config.publish_color if color is None else bool(color)
@@ -116,6 +119,7 @@ class Pipeline:
         self._skipped_outputs: Tuple[str, ...] = ()
         self._camera_info = None  # the message behind self._camera: scaled for ~/camera_info
         self._palette = outputs.palette_lut(config.card.class_set)
+        self.output_buffers = output_buffers
         outputs.labels_overlay(np.zeros((1, 1), np.uint8), np.zeros((1, 1, 3), np.uint8), config.card.class_set,
                                0.5, self._palette)  # compile (or load) the overlay kernel now, not in the first set
         window = None if keep_all_samples else 200
@@ -282,7 +286,10 @@ class Pipeline:
         self.anchor_wait_ms.add((now_ns - anchor.arrival_ns) / 1e6)  # ... and including that spread
         checked = time.perf_counter()
         size = self.output_size or (cfg.card.input_size if cfg.output_resolution == RESOLUTION_MODEL else anchor_size)
-        result = self.segmenter.segment(images, output_size=size)
+        buffers = self.output_buffers
+        into = None if buffers is None else (buffers.take("labels", size, self.segmenter.label_dtype),
+                                             buffers.take("confidence", size, np.float32))
+        result = self.segmenter.segment(images, output_size=size, out=into)
         segmented = time.perf_counter()
         overlay_wanted = self.color if color is None else color
         color = None
@@ -291,7 +298,8 @@ class Pipeline:
             if cfg.output_resolution == RESOLUTION_MODEL:  # the camera at the outputs' size, as the model saw it
                 camera = result.resized.get(CAMERA, camera)
                 camera = outputs.resize_for_overlay(camera, result.labels.shape[:2])  # output_size overridden
-            color = outputs.labels_overlay(result.labels, camera, cfg.card.class_set, cfg.color_alpha, self._palette)
+            color = outputs.labels_overlay(result.labels, camera, cfg.card.class_set, cfg.color_alpha, self._palette,
+                                           None if buffers is None else buffers.take("color", (*size, 3), np.uint8))
         overlaid = time.perf_counter()
         timing = {"checks": 1e3 * (checked - begin), **result.timing, "overlay": 1e3 * (overlaid - segmented)}
         painted = self._paint(cloud, result, now_ns) if cfg.publish_points else None

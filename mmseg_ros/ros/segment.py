@@ -94,7 +94,8 @@ class SegmentNodeCore:
                              "camera's frame cannot be projected (set the parameter)")
         self.pipeline = Pipeline(cfg, self.segmenter, on_bad_input=self._log_bad_input,
                                  camera_info_source=node_config.camera_info_topic(), transforms=transforms,
-                                 on_warning=self.log.warning, started_ns=self._now())
+                                 on_warning=self.log.warning, started_ns=self._now(),
+                                 output_buffers=msgs.MessageBuffers())  # _process publishes before the next set
         self._slot = LatestSlot()
         out_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=cfg.output_depth,
                              reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
