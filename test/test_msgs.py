@@ -149,6 +149,44 @@ def test_confidence_and_color():
         msgs.confidence_to_image(np.zeros((2, 2), np.uint8), ros=False)
 
 
+def test_message_buffers_rotate_and_reallocate():
+    buffers = msgs.MessageBuffers(depth=2)
+    first, second = buffers.take("conf", (4, 5), np.float32), buffers.take("conf", (4, 5), np.float32)
+    assert first.shape == (4, 5) and first.dtype == np.float32 and not np.shares_memory(first, second)
+    assert buffers.take("conf", (4, 5), np.float32) is first  # the ring comes round after `depth` sets
+    assert buffers.take("labels", (4, 5), np.uint8).dtype == np.uint8  # another output: its own ring
+    wider = buffers.take("conf", (4, 6), np.float32)
+    assert wider.shape == (4, 6) and not np.shares_memory(wider, first)
+    assert msgs.backing_bytes(first) is not None and msgs.backing_bytes(wider) is not msgs.backing_bytes(first)
+    for partial in (first[1:], first.T, first[:, :2], np.zeros((4, 5), np.float32)):
+        assert msgs.backing_bytes(partial) is None
+    with pytest.raises(ValueError, match="depth"):
+        msgs.MessageBuffers(depth=0)
+
+
+@pytest.mark.skipif(not msgs.ros_messages_available(), reason="sensor_msgs is not importable in this environment")
+def test_buffer_arrays_become_image_data_without_a_copy():
+    """A real Image carries the buffer itself (written later, the message shows it); any other array is copied once,
+    and a plain message always gets its own bytes."""
+    buffers = msgs.MessageBuffers()
+    confidence = buffers.take("confidence", (3, 4), np.float32)
+    confidence[:] = 0.25
+    msg = msgs.confidence_to_image(confidence, msgs.Header())
+    assert msg.data is msgs.backing_bytes(confidence)
+    confidence[0, 0] = 0.75
+    assert msgs.image_to_numpy(msg)[0, 0] == 0.75
+    color = buffers.take("color", (3, 4, 3), np.uint8)
+    color[:] = 7
+    assert msgs.color_to_image(color, msgs.Header()).data is msgs.backing_bytes(color)
+    own = np.full((3, 4), 0.5, np.float32)
+    copied = msgs.confidence_to_image(own, msgs.Header())
+    own[0, 0] = 0.0
+    assert msgs.image_to_numpy(copied)[0, 0] == 0.5
+    plain = msgs.confidence_to_image(confidence, ros=False)
+    confidence[0, 0] = 0.0
+    assert isinstance(plain.data, bytes) and msgs.image_to_numpy(plain)[0, 0] == 0.75
+
+
 def test_header_is_the_callers():
     header = msgs.Header(stamp=msgs.Time(sec=12, nanosec=345), frame_id="cam")
     msg = msgs.confidence_to_image(np.zeros((1, 1), np.float32), header, ros=False)

@@ -414,6 +414,32 @@ def _frame(pipeline, name, stamp_ms, frame_id, now_ms):
     return pipeline.add(name, msgs.numpy_to_image(array, encoding, header, ros=False), now_ms * 10**6)
 
 
+def test_pipeline_writes_outputs_into_message_buffers():
+    """segment_node's pipeline: the same labels, confidence and overlay as a pipeline that allocates its own, in
+    arrays the output messages carry without a copy, reused two sets later."""
+    from mmseg_ros.engine import Segmenter
+    from mmseg_ros.pipeline import Pipeline
+
+    config = NodeConfig.from_values({"model.card": TINY, "modalities": ["rgb", "depth"]})
+    segmenter = Segmenter(config.card, device="cpu")
+    own = Pipeline(config, segmenter, started_ns=0)
+    buffered = Pipeline(config, segmenter, started_ns=0, output_buffers=msgs.MessageBuffers(depth=2))
+    results = []
+    for t in range(3):
+        pair = []
+        for pipeline in (own, buffered):
+            ready = _frame(pipeline, "rgb", 100 * t, "camera_optical", 100 * t + 1)
+            ready += _frame(pipeline, "depth", 100 * t, "depth_optical", 100 * t + 2)
+            pair.append(pipeline.process(ready[0], (100 * t + 3) * 10**6))
+        expected, output = pair
+        for name in ("labels", "confidence", "color"):
+            assert np.array_equal(getattr(output, name), getattr(expected, name)), name
+            assert msgs.backing_bytes(getattr(output, name)) is not None, name
+        results.append(output)
+    assert np.shares_memory(results[0].labels, results[2].labels)  # the ring of two came round
+    assert not np.shares_memory(results[0].labels, results[1].labels)
+
+
 def test_pipeline_outputs_keep_the_camera_frame_when_another_input_anchors():
     pipeline = _pipeline()
     outputs = []
