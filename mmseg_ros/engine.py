@@ -144,8 +144,8 @@ class Segmenter:
             resized[name] = preprocess.resize(name, given[name], (height, width))
             unit = preprocess.to_unit(name, resized[name])
             mean, std = self._norms[name]
-            chw = preprocess.normalize_chw(np.ascontiguousarray(unit.transpose(2, 0, 1)), mean, std)
-            inputs[name] = torch.from_numpy(np.ascontiguousarray(chw, dtype=np.float32))[None].to(self.device)
+            chw = preprocess.normalize_chw(unit.transpose(2, 0, 1), mean, std)  # float32, C order
+            inputs[name] = torch.from_numpy(chw)[None].to(self.device)
         return names, inputs, output_size, resized
 
     @property
@@ -165,7 +165,7 @@ class Segmenter:
         device and only the labels (already narrowed to their dtype) and the confidence are copied back. `out`:
         (labels, confidence) arrays of `size` to write into (the node's message buffers), returned."""
         dtype = self.label_dtype
-        probabilities = torch.softmax(logits.float(), dim=1)
+        probabilities = class_softmax(logits.float())
         height, width = size
         if probabilities.device.type == "cpu":
             return upsample_argmax(probabilities[0].numpy(), size, dtype, out)
@@ -190,6 +190,15 @@ class Segmenter:
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+
+def class_softmax(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over the class dimension of (N, K, h, w) logits, as four whole-map operations (max, subtract-exp,
+    sum, divide): torch.softmax along a non-last dimension took twice as long on the CPU (128 px, 25 classes: 1.27
+    vs 0.66 ms on one thread). Equal to it within float32 rounding."""
+    peak = logits.amax(dim=1, keepdim=True)
+    exponentials = torch.sub(logits, peak).exp_()
+    return exponentials.div_(exponentials.sum(dim=1, keepdim=True))
 
 
 def _router_weights(out, names) -> Optional[Dict[str, Dict[str, float]]]:

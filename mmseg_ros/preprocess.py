@@ -134,4 +134,7 @@ def normalize_chw(unit_chw, mean, std):
     std = np.asarray(std, dtype=np.float32).reshape(3, 1, 1)
     if hasattr(unit_chw, "new_tensor"):  # torch tensor: keep device and dtype
         return (unit_chw - unit_chw.new_tensor(mean)) / unit_chw.new_tensor(std)
-    return (unit_chw - mean) / std
+    # A C-ordered result even from a transposed (H, W, 3) view, divided in place: one new array, not three.
+    out = np.subtract(unit_chw, mean, order="C", dtype=np.result_type(unit_chw, mean))
+    out /= std
+    return out

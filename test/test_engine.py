@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mmseg_ros import area_average, cards, modalities, preprocess
-from mmseg_ros.engine import Segmenter, resolve_device
+from mmseg_ros.engine import Segmenter, class_softmax, resolve_device
 from mmseg_ros.upsampling import upsample_argmax
 from mmseg_ros.errors import ConfigError
 from mmseg_ros.nn.build import build_model
@@ -255,6 +255,14 @@ def test_upsample_argmax_uint16_labels_and_an_unchanged_size():
     assert np.abs(confidence - ref_confidence).max() <= 1e-5
     same, peak = upsample_argmax(chw(probabilities), (6, 7), np.uint16)
     assert (same == probabilities.argmax(2)).all() and (peak == probabilities.max(2)).all()
+
+
+def test_class_softmax_is_torchs():
+    logits = torch.randn(2, 25, 9, 7, generator=torch.Generator().manual_seed(1)) * 30
+    logits[0, 3, 0, 0] = 1e4  # one overwhelming class: no overflow
+    probabilities = class_softmax(logits)
+    assert torch.allclose(probabilities, torch.softmax(logits, dim=1), rtol=0, atol=1e-6)
+    assert torch.allclose(probabilities.sum(dim=1), torch.ones(2, 9, 7), atol=1e-6)
 
 
 def test_upsample_argmax_writes_into_given_arrays():

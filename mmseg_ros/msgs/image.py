@@ -139,7 +139,7 @@ def labels_to_image(labels, num_classes: int, header=None, *, ros: bool | None =
     arr = np.asarray(labels)
     if arr.dtype.kind not in "iub" or arr.ndim != 2:
         raise MessageError(f"labels must be an (H, W) integer array, got shape {arr.shape} dtype {arr.dtype}")
-    if arr.size and (arr.min() < 0 or arr.max() >= num_classes):
+    if arr.size and ((arr.dtype.kind == "i" and arr.min() < 0) or arr.max() >= num_classes):  # unsigned: max only
         bad = (arr < 0) | ((arr >= num_classes) & (arr != unlabeled))
         if bad.any():
             raise MessageError(
