@@ -17,12 +17,15 @@ def test_sizes_are_square_or_width_by_height():
 def test_row_sums_stages_and_adds_transport_wait_and_forward_to_the_latency():
     stages = {"decode": 0.001, "sync": 0.0005, "preprocess": 0.002, "postprocess": 0.003, "encode": 0.0025,
               "publish": 0.001, "encode.labels": 0.0005, "encode.confidence": 0.001, "encode.color": 0.001,
+              "publish.labels": 0.0002, "publish.confidence": 0.0005, "publish.color": 0.0003,
               "forward": 0.030, "sync_wait": 0.0}
     group = [{"transport": 0.020}, {"transport": 0.020}, {"transport": 0.020}]
     timed = [(s, stages) for s in group[1:]]
     row = dict(zip(["size", "inputs", "sets", "transport", "transport p95", *node.STAGES,
-                    *(f"encode.{k}" for k in node.OUTPUTS), "overhead", "overhead p95", "ratio", "forward",
+                    *(f"encode.{k}" for k in node.OUTPUTS), *(f"publish.{k}" for k in node.OUTPUTS),
+                    "overhead", "overhead p95", "ratio", "forward",
                     "sync wait", "latency", "latency - forward"], node._row((1920, 1200), 4, group, timed, 3)))
     assert row["size"] == "1920x1200" and row["sets"] == "3/3"
     assert row["overhead"] == pytest.approx(10.0) and row["ratio"] == pytest.approx(0.5)
+    assert row["publish.confidence"] == pytest.approx(0.5)  # per output, beside (not added to) the publish stage
     assert row["latency"] == pytest.approx(20.0 + 10.0 + 30.0) and row["latency - forward"] == pytest.approx(30.0)

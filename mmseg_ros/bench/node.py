@@ -221,14 +221,17 @@ class NodeStages:
             t3 = clock()
             out[kind] = outputs.to_message(kind, output, self.config)
             encode[f"encode.{kind}"] = encode.get(f"encode.{kind}", 0.0) + clock() - t3
+        published = {f"publish.{kind}": 0.0 for kind in OUTPUTS}
         t4 = clock()
         for name, msg in out.items():
+            t = clock()
             self.publishers[name].publish(msg)
+            published[f"publish.{name}"] = clock() - t
         t5 = clock()
         last = max(m.arrival_ns for m in sset.messages.values())
         return {"decode": t1 - t0, "sync": t2 - t1 + ms["checks"] / 1e3, "preprocess": ms["preprocess"] / 1e3,
                 "postprocess": ms["postprocess"] / 1e3, "encode": sum(encode.values()), "publish": t5 - t4,
-                **encode, "forward": ms["forward"] / 1e3, "sync_wait": (sset.emitted_ns - last) / 1e9}
+                **encode, **published, "forward": ms["forward"] / 1e3, "sync_wait": (sset.emitted_ns - last) / 1e9}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -346,6 +349,7 @@ def _row(size, inputs, group, timed, sent) -> list:
     return [size_label(size), inputs, f"{len(group)}/{sent}", median_ms(transport), 1e3 * percentile(transport, 95),
             *(median_ms([t[stage] for t in timings]) for stage in STAGES),
             *(median_ms([t[f"encode.{kind}"] for t in timings]) for kind in OUTPUTS),
+            *(median_ms([t[f"publish.{kind}"] for t in timings]) for kind in OUTPUTS),
             median_ms(overhead), 1e3 * percentile(overhead, 95), median_ms(overhead) / median_ms(transport),
             median_ms([t["forward"] for t in timings]), median_ms([t["sync_wait"] for t in timings]),
             median_ms(latency), median_ms(latency) - median_ms([t["forward"] for t in timings])]
@@ -357,7 +361,8 @@ def _print_table(rows, card, outputs, stages) -> None:
     from ..reporting import markdown_table
 
     header = ["size", "inputs", "sets", "DDS transport p50 ms", "p95", *(f"{s} p50" for s in STAGES),
-              *(f"encode {kind} p50" for kind in OUTPUTS), "node overhead p50 ms", "p95", "overhead / transport",
+              *(f"encode {kind} p50" for kind in OUTPUTS), *(f"publish {kind} p50" for kind in OUTPUTS),
+              "node overhead p50 ms", "p95", "overhead / transport",
               "forward p50 ms (excluded)", "sync wait p50", "latency p50 ms", "latency - forward"]
     print(markdown_table(header, rows))
     cfg = stages.config
@@ -369,8 +374,9 @@ def _print_table(rows, card, outputs, stages) -> None:
         "process' callback, shipped SHM profile; it includes rclpy's conversion into Python messages, which the node "
         "process pays too. Node overhead: per-set sum of the pipeline's stages (the Pipeline segment_node drives), "
         "medians over the sets but the first (warm-up); the forward is excluded. Encode per output: building its "
-        "Image (the colour one with its overlay); their sum is the encode column. Sync wait: the synchronizer's own "
-        "delay after the set's last input arrived. Latency: anchor stamp to the outputs published, per set "
-        "(transport + sync wait + node overhead + forward), as a node with an idle worker would see it. Outputs "
+        "Image (the colour one with its overlay); their sum is the encode column; publish per output likewise. "
+        "Sync wait: the synchronizer's own delay after the set's last input arrived. Latency: anchor stamp to the "
+        "outputs published, per set (transport + sync wait + node overhead + forward), as a node with an idle "
+        "worker would see it. Outputs "
         f"received by the peer: {outputs.get('received')}.")
     print("\n" + caption)
