@@ -72,11 +72,11 @@ def lidar_projection(points: np.ndarray, camera: Optional["msgs.Camera"], extrin
 
 
 def valid_returns(image: np.ndarray) -> bool:
-    """Whether a metric float image has at least one finite positive pixel. Every 8th row and column first: a sensor
-    that works has returns there, and the full check (two full-size temporaries, ~0.6 ms at 1024 px) is left for
-    images that look empty."""
+    """Whether a metric float image has at least one finite positive pixel. Every 32nd, then every 8th row (every 8th
+    column) first: a sensor that works has returns there, and a sampled row costs its whole width in memory reads;
+    the full check (two full-size temporaries, ~0.6 ms at 1024 px) is left for images that look empty."""
     with np.errstate(invalid="ignore"):  # NaN compares False: no return
-        for view in (image[::8, ::8], image):
+        for view in (image[::32, ::8], image[::8, ::8], image):
             if np.any((view > 0) & np.isfinite(view)):
                 return True
     return False
