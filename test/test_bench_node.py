@@ -29,3 +29,15 @@ def test_row_sums_stages_and_adds_transport_wait_and_forward_to_the_latency():
     assert row["overhead"] == pytest.approx(10.0) and row["ratio"] == pytest.approx(0.5)
     assert row["publish.confidence"] == pytest.approx(0.5)  # per output, beside (not added to) the publish stage
     assert row["latency"] == pytest.approx(20.0 + 10.0 + 30.0) and row["latency - forward"] == pytest.approx(30.0)
+
+
+def test_bench_kernels_prints_ours_beside_the_library_path(capsys):
+    """`mmseg bench kernels` at a small size: one row, every step timed (positive), ours and the library call each."""
+    from mmseg_ros.cli import main
+
+    assert main(["bench", "kernels", "--sizes", "192x160", "--repeat", "2", "--frames", "2"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
+    header, row = ([c.strip() for c in line.strip("|").split("|")] for line in (lines[0], lines[2]))
+    assert row[0] == "192x160" and len(row) == len(header) == 10
+    assert "area average (ours) ms" in header and "overlay (cv2 LUT + addWeighted) ms" in header
+    assert all(float(v) > 0 for v in row[1:])

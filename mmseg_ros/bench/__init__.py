@@ -12,6 +12,7 @@ BENCHMARKS = {
     "model": "model forward per number of present modalities; batched vs looped experts",
     "engine": "Segmenter.segment per frame (preprocess, forward, postprocess) for shipped cards",
     "node": "node overhead vs bare DDS transport",
+    "kernels": "the node's per-pixel steps on one core vs the library calls they replace",
     "train": "training step throughput",
     "soak": "the node for minutes at 2x sensor rate with random drop-outs: RSS growth, latency p95 drift, drops",
     "dds": "large images between processes per DDS profile placement; node answers with `mmseg dds env` set-up",
