@@ -194,8 +194,8 @@ class Segmenter:
 
 def class_softmax(logits: torch.Tensor) -> torch.Tensor:
     """Softmax over the class dimension of (N, K, h, w) logits, as four whole-map operations (max, subtract-exp,
-    sum, divide): torch.softmax along a non-last dimension took twice as long on the CPU (128 px, 25 classes: 1.27
-    vs 0.66 ms on one thread). Equal to it within float32 rounding."""
+    sum, divide): torch.softmax along a non-last dimension took up to twice as long on the CPU (128 px, 25 classes:
+    0.97-1.27 vs 0.66 ms on one thread). Equal to it within float32 rounding."""
     peak = logits.amax(dim=1, keepdim=True)
     exponentials = torch.sub(logits, peak).exp_()
     return exponentials.div_(exponentials.sum(dim=1, keepdim=True))
