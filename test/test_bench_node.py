@@ -41,3 +41,34 @@ def test_bench_kernels_prints_ours_beside_the_library_path(capsys):
     assert row[0] == "192x160" and len(row) == len(header) == 10
     assert "area average (ours) ms" in header and "overlay (cv2 LUT + addWeighted) ms" in header
     assert all(float(v) > 0 for v in row[1:])
+
+
+def test_live_runner_times_each_set_when_its_last_input_arrives():
+    """--live: a set goes to the worker once every input of its stamp arrived; the first set of each size warms up
+    (restarting the pipeline), later ones are timed; an incomplete set never runs."""
+    from types import SimpleNamespace
+
+    class Stages:
+        def __init__(self):
+            self.restarts, self.ran = 0, []
+
+        def restart(self):
+            self.restarts += 1
+
+        def run(self, messages):
+            self.ran.append(sorted(messages))
+            return {"decode": 0.001}
+
+    def msg(stamp_s, width):
+        return SimpleNamespace(header=SimpleNamespace(stamp=SimpleNamespace(sec=stamp_s, nanosec=0)), width=width,
+                               height=width)
+
+    stages = Stages()
+    live = node.LiveRunner(stages, ("rgb", "depth"))
+    for stamp, width in ((1, 64), (2, 64), (3, 64), (4, 32), (5, 32)):
+        live.add("rgb", msg(stamp, width), stamp)
+        live.add("depth", msg(stamp, width), stamp + 1)
+    live.add("rgb", msg(6, 32), 6)  # its depth never comes
+    live.close()
+    assert stages.restarts == 2 and len(stages.ran) == 5
+    assert sorted(live.results) == [2 * 10**9, 3 * 10**9, 5 * 10**9]

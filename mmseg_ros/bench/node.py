@@ -8,7 +8,8 @@ Two processes, both real rclpy over the shipped Fast DDS shared-memory profile:
   * this process receives them (sensor-data reliability, a deep history so a busy core does not count as transport
     loss): transport of a set = arrival of its last image in the subscriber callback - the set's stamp (serialise,
     SHM hand-over, deserialise into Python messages, executor wake-up).
-Then, per complete set, it runs the node's own pipeline (mmseg_ros.pipeline.Pipeline, the object segment_node's
+Then (with --live: as each set completes, in a worker thread, as segment_node's worker takes it), per
+complete set, it runs the node's own pipeline (mmseg_ros.pipeline.Pipeline, the object segment_node's
 callbacks and worker drive) with the node's default settings, fed the recorded arrival times, and times its stages:
 decode (Pipeline.decode: encoding, validity and size checks), sync (Pipeline.offer: stamp order and the
 synchronizer, plus the set's anchor-first size checks), preprocess and postprocess (the engine's stages inside
@@ -68,6 +69,10 @@ def configure(parser):
     parser.add_argument("--outputs", nargs="+", default=list(OUTPUTS), choices=OUTPUTS,
                         help="outputs built and published (default all; the node builds confidence and color only "
                              "while subscribed: `--outputs labels` is a node whose consumers take the labels alone)")
+    parser.add_argument("--live", action="store_true",
+                        help="run the node's stages on each set as soon as its last input arrives, in a worker thread "
+                             "as segment_node does (default: after every set has arrived, so the transport is timed "
+                             "undisturbed)")
     parser.add_argument("--role", default="bench", choices=("bench", ROLE_PUBLISHER), help="internal: process role")
     parser.add_argument("--timeout", type=float, default=120.0, help="give up after this many seconds")
 
@@ -234,6 +239,49 @@ class NodeStages:
                 **encode, **published, "forward": ms["forward"] / 1e3, "sync_wait": (sset.emitted_ns - last) / 1e9}
 
 
+class LiveRunner:
+    """`--live`: each set goes to a worker thread the moment its last input arrives (the executor thread hands it
+    over, as segment_node's callbacks hand sets to its worker), so the stages read inputs just deserialised rather
+    than recorded ones. The first set of each size warms up (and restarts the pipeline for the new size)."""
+
+    def __init__(self, stages: NodeStages, names):
+        import queue
+        import threading
+
+        self.stages, self.names = stages, tuple(names)
+        self.results = {}  # set stamp (ns) -> stage times, or None when the synchronizer did not emit it whole
+        self._pending = {}  # stamp -> {modality: (message, arrival ns)}
+        self._queue = queue.Queue()
+        self._size = None
+        self._thread = threading.Thread(target=self._work, name="bench-node-live", daemon=True)
+        self._thread.start()
+
+    def add(self, name: str, msg, arrival_ns: int) -> None:
+        """An input arrived (executor thread)."""
+        from ..sync import stamp_to_ns
+
+        stamp = stamp_to_ns(msg.header.stamp)
+        entry = self._pending.setdefault(stamp, {})
+        entry[name] = (msg, arrival_ns)
+        if len(entry) == len(self.names):
+            self._queue.put((stamp, self._pending.pop(stamp)))
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            stamp, messages = item
+            first = next(iter(messages.values()))[0]
+            if (first.width, first.height) != self._size:
+                self._size = (first.width, first.height)
+                self.stages.restart()
+                self.stages.run(messages)  # warm-up
+                continue
+            self.results[stamp] = self.stages.run(messages)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # The benchmark process.
 
@@ -270,9 +318,16 @@ def _bench(args) -> int:
     node = rclpy.create_node("mmseg_bench_node")
     qos = QoSProfile(depth=50, history=qos_profile_sensor_data.history,
                      reliability=qos_profile_sensor_data.reliability, durability=qos_profile_sensor_data.durability)
+    live = None
+
+    def arrived(msg, name):
+        if collecting.is_set():
+            arrivals.append((name, msg, time.time_ns()))
+            if live is not None:
+                live.add(name, msg, arrivals[-1][2])
+
     for name in card.modalities:
-        node.create_subscription(Image, _topic(f"in/{name}"),
-                                 lambda m, n=name: collecting.is_set() and arrivals.append((n, m, time.time_ns())), qos)
+        node.create_subscription(Image, _topic(f"in/{name}"), lambda m, n=name: arrived(m, n), qos)
     spinner = SpinThread(node)
     peer = None
     try:
@@ -282,6 +337,8 @@ def _bench(args) -> int:
             raise ConfigError("bench node: --outputs must include labels (the node always publishes them)")
         stages = NodeStages(node, card.name, args.device, args.precision, args.resolution,  # while the peer starts
                             args.outputs)
+        if args.live:
+            live = LiveRunner(stages, card.modalities)
         command = [sys.executable, "-m", "mmseg_ros.cli", "bench", "node", "--role", ROLE_PUBLISHER,
                    "--sets", str(args.sets), "--rate", str(args.rate), "--card", card.name,
                    "--timeout", str(args.timeout), "--sizes", *map(size_label, args.sizes)]
@@ -289,6 +346,8 @@ def _bench(args) -> int:
         line = read_event(peer, "sent", args.timeout, PUBLISHER)
         time.sleep(0.3)
         collecting.clear()
+        if live is not None:
+            live.close()
         sets = _complete_sets(arrivals, card.modalities)
         deadline = time.monotonic() + 10
         while min(p.get_subscription_count() for p in stages.publishers.values()) < 1 and time.monotonic() < deadline:
@@ -299,9 +358,12 @@ def _bench(args) -> int:
             group = [s for s in sets if s["size"] == size]
             if not group:
                 raise ConfigError(f"bench node: no complete set of {size_label(size)} arrived ({line})")
-            stages.restart()
-            stages.run(group[0]["messages"])  # warm-up (first allocations at this size; the synchronizer's first set)
-            timed = [(s, t) for s, t in ((s, stages.run(s["messages"])) for s in group[1:]) if t is not None]
+            if live is not None:
+                timed = [(s, live.results[s["stamp"]]) for s in group[1:] if live.results.get(s["stamp"]) is not None]
+            else:
+                stages.restart()
+                stages.run(group[0]["messages"])  # warm-up (first allocations at this size; the synchronizer's first)
+                timed = [(s, t) for s, t in ((s, stages.run(s["messages"])) for s in group[1:]) if t is not None]
             if not timed:
                 raise ConfigError(f"bench node: the synchronizer emitted no whole set of {size_label(size)}")
             rows.append(_row(size, len(card.modalities), group, timed, args.sets))
@@ -315,7 +377,7 @@ def _bench(args) -> int:
                 peer.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 peer.kill()
-    _print_table(rows, card, outputs, stages)
+    _print_table(rows, card, outputs, stages, live=args.live)
     return 0
 
 
@@ -333,7 +395,8 @@ def _complete_sets(arrivals, names) -> list:
         if set(entry["messages"]) == set(names):
             first = entry["messages"][names[0]][0]
             size = (first.width, first.height)
-            sets.append({"size": size, "messages": entry["messages"], "transport": (entry["last"] - stamp) / 1e9})
+            sets.append({"size": size, "messages": entry["messages"], "transport": (entry["last"] - stamp) / 1e9,
+                         "stamp": stamp})
     return sets
 
 
@@ -355,7 +418,7 @@ def _row(size, inputs, group, timed, sent) -> list:
             median_ms(latency), median_ms(latency) - median_ms([t["forward"] for t in timings])]
 
 
-def _print_table(rows, card, outputs, stages) -> None:
+def _print_table(rows, card, outputs, stages, live: bool = False) -> None:
     import torch
 
     from ..reporting import markdown_table
@@ -373,7 +436,9 @@ def _print_table(rows, card, outputs, stages) -> None:
         "all inputs from the publisher process (stamp at the start of the set) to the last image's arrival in this "
         "process' callback, shipped SHM profile; it includes rclpy's conversion into Python messages, which the node "
         "process pays too. Node overhead: per-set sum of the pipeline's stages (the Pipeline segment_node drives), "
-        "medians over the sets but the first (warm-up); the forward is excluded. Encode per output: building its "
+        + ("run in a worker thread as each set's last input arrived (--live), "
+           if live else "run after every set had arrived, ")
+        + "medians over the sets but the first (warm-up); the forward is excluded. Encode per output: building its "
         "Image (the colour one with its overlay); their sum is the encode column; publish per output likewise. "
         "Sync wait: the synchronizer's own delay after the set's last input arrived. Latency: anchor stamp to the "
         "outputs published, per set (transport + sync wait + node overhead + forward), as a node with an idle "
