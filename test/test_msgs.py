@@ -392,6 +392,18 @@ def test_projection_hand_computed_plumb_bob():
     assert image[32, 63] == pytest.approx(2.0)
 
 
+def test_distortion_fold_ignores_negligible_coefficients():
+    """A denormal k2 (the fuzzer's find) made the fold's polynomial overflow numpy's companion matrix: coefficients
+    below 1e-12 of the largest count as zero, so the fold is the one without them."""
+    def fold(d):
+        info = msgs.numpy_to_camera_info([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1]], 1, 1, d=d,
+                                         distortion_model="rational_polynomial", ros=False)
+        return msgs.camera_from_info(info).fold_radius2()
+
+    assert fold([0.0, 2.2250738585072014e-308, 0, 0, 0, 0, 0, 1.0]) == pytest.approx(fold([0, 0, 0, 0, 0, 0, 0, 1.0]))
+    assert fold([-0.5, 1e-300, 0, 0, 0, 0, 0, 0]) == pytest.approx(1 / 1.5)
+
+
 def test_projection_drops_points_beyond_the_distortion_fold():
     cam = camera((-0.5, 0.0, 0.0, 0.0, 0.0))
     assert cam.fold_radius2() == pytest.approx(1 / 1.5)  # d/dr r(1 - 0.5 r^2) = 1 - 1.5 r^2

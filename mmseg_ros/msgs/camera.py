@@ -44,9 +44,16 @@ class Camera:
             poly.polymul(poly.polyadd(num, 2 * poly.polymul(s, poly.polyder(num))), den),
             2 * poly.polymul(poly.polymul(s, num), poly.polyder(den)),
         )
-        roots = np.concatenate([poly.polyroots(poly.polytrim(growth)), poly.polyroots(poly.polytrim(den))])
+        roots = np.concatenate([_roots(growth), _roots(den)])
         real = roots.real[(np.abs(roots.imag) < 1e-12) & (roots.real > 0)]
         return float(real.min()) if real.size else np.inf
+
+
+def _roots(coefficients: np.ndarray) -> np.ndarray:
+    """Roots of a polynomial (lowest power first) whose leading coefficients negligible next to the largest (below
+    1e-12 of it: a denormal k2 would otherwise overflow the companion matrix) are dropped first."""
+    scale = float(np.abs(coefficients).max())
+    return poly.polyroots(poly.polytrim(coefficients, tol=1e-12 * scale)) if scale > 0 else np.empty(0)
 
 
 MAX_CAMERA_PIXELS = 2**26  # 8192 x 8192: beyond any camera (8K video is 7680 x 4320); a 256 MiB range image
