@@ -15,17 +15,12 @@ from __future__ import annotations
 
 import time
 
-DEFAULT_SIZES = ("1024", "1920x1200")
-
-
 def configure(parser):
-    from .node import image_size
+    from .node import add_size_arguments
 
-    parser.add_argument("--sizes", type=image_size, nargs="+", default=[image_size(s) for s in DEFAULT_SIZES],
-                        help=f"camera sizes: N or WIDTHxHEIGHT (default {' '.join(DEFAULT_SIZES)})")
+    add_size_arguments(parser)
     parser.add_argument("--repeat", type=int, default=21, help="timed runs per cell; the median is printed")
     parser.add_argument("--frames", type=int, default=4, help="distinct input frames cycled through (default 4)")
-    parser.add_argument("--card", default=None, help="model card (default: the node's default card)")
 
 
 def _median_ms(step, inputs, repeat: int) -> float:
@@ -47,14 +42,14 @@ def main(args) -> int:
 
     from .. import cards, msgs, overlay, preprocess
     from ..engine import Segmenter, class_softmax
-    from ..pipeline import config as node_config, outputs
+    from ..pipeline import outputs
     from ..reporting import markdown_table
     from ..upsampling import upsample_argmax
-    from .node import _input_arrays, size_label
+    from .node import _card_name, _input_arrays, size_label
 
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
-    card = cards.load(args.card or node_config.NodeConfig.from_values({}).card.name)
+    card = cards.load(_card_name(args))
     segmenter = Segmenter(card, device="cpu")
     model_hw = tuple(card.input_size)
     lut = outputs.palette_lut(card.class_set)

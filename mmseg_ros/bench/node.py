@@ -53,12 +53,17 @@ def size_label(size: tuple) -> str:
     return f"{size[0]}x{size[1]}"
 
 
-def configure(parser):
+def add_size_arguments(parser) -> None:
+    """--sizes (camera sizes, default DEFAULT_SIZES) and --card, as the node benchmarks take them."""
     parser.add_argument("--sizes", type=image_size, nargs="+", default=[image_size(s) for s in DEFAULT_SIZES],
                         help=f"image sizes: N (square) or WIDTHxHEIGHT (default {' '.join(DEFAULT_SIZES)})")
+    parser.add_argument("--card", default=None, help="model card (default: the node's default card)")
+
+
+def configure(parser):
+    add_size_arguments(parser)
     parser.add_argument("--sets", type=int, default=20, help="input sets per size (default 20)")
     parser.add_argument("--rate", type=float, default=4.0, help="sets per second sent by the publisher (default 4)")
-    parser.add_argument("--card", default=None, help="model card (default: the node's default card)")
     parser.add_argument("--forward", action="store_true",
                         help="kept for old command lines: the forward now always runs and has its own column")
     parser.add_argument("--device", default="auto", help="the engine's device: auto, cpu or cuda[:N]")
