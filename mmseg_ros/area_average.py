@@ -61,11 +61,30 @@ def _fold_rows(rows, first, inside, spill, folded):  # pragma: no cover - compil
 
 @numba.njit(cache=True, nogil=True)
 def _fold_columns(folded, first, inside, spill, out):  # pragma: no cover - compiled
-    """The same along x on the row-folded image, per channel: a walk along the row that sums into the current output
-    and the next (a straddling column's share) and stores each output once (2x faster than adding into `out`)."""
+    """The same along x on the row-folded image: a walk along the row that sums into the current output and the next
+    (a straddling column's share) and stores each output once (2x faster than adding into `out`). Three channels
+    (RGB) are walked together, pixel by pixel (half the time of a walk per channel); other counts per channel."""
     height, width, channels = out.shape[0], first.shape[0], out.shape[2]
     for y in range(height):
         row = folded[y]
+        if channels == 3:
+            here0 = here1 = here2 = after0 = after1 = after2 = np.float32(0.0)
+            o = 0
+            for x in range(width):
+                if first[x] != o:
+                    out[y, o, 0], out[y, o, 1], out[y, o, 2] = here0, here1, here2
+                    here0, here1, here2, o = after0, after1, after2, first[x]
+                    after0 = after1 = after2 = np.float32(0.0)
+                into, spilled = inside[x], spill[x]
+                red, green, blue = row[3 * x], row[3 * x + 1], row[3 * x + 2]
+                here0 += into * red
+                here1 += into * green
+                here2 += into * blue
+                after0 += spilled * red
+                after1 += spilled * green
+                after2 += spilled * blue
+            out[y, o, 0], out[y, o, 1], out[y, o, 2] = here0, here1, here2
+            continue
         for c in range(channels):
             here, after, o = np.float32(0.0), np.float32(0.0), 0
             for x in range(width):

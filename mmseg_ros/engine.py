@@ -9,8 +9,9 @@ return) or millimetres (uint16). Preprocessing happens here and only here: a res
 input size (`preprocess.interpolation`, which the training transforms ask too: nearest for metric modalities, so
 "no return" pixels are not blended into valid ones; area averaging when shrinking otherwise), then
 `preprocess.to_unit` on the small image (registry value ranges, 1 -> 3 channels) and the card's per-modality
-normalisation. Postprocessing: softmax at the model's resolution, the class probabilities upsampled bilinearly to the
-output size (default: the size of the first given modality in card order), argmax and max (`upsample_argmax`).
+normalisation, in one pass (`preprocess.model_input`). Postprocessing: softmax at the model's resolution, the class
+probabilities upsampled bilinearly to the output size (default: the size of the first given modality in card order),
+argmax and max (`upsample_argmax`).
 
 Result: `labels` (uint8, or uint16 when K > 255), `confidence` (float32 max softmax probability), `router_weights`
 (level -> modality -> weight, for models that have a router), `timing` (ms per stage), `modalities` used.
@@ -76,9 +77,11 @@ class Segmenter:
         self.model = load_model(self.card, checkpoint).to(self.device).eval()
         self._norms = {m: self.card.normalization(m) for m in self.card.modalities}
         # Compile the numba kernels (or load them from numba's cache) now, not inside the first frame: the area
-        # average for the dtypes cameras send, the argmax upsampling on the CPU.
+        # average and the conversion to model input for the dtypes cameras send, the argmax upsampling on the CPU.
         for dtype in (np.uint8, np.uint16, np.float32):
             area_average.shrink(np.zeros((4, 4, 3), dtype), (2, 2))
+            for name in self.modalities:
+                preprocess.model_input(name, np.zeros((2, 2), dtype), *self._norms[name])
         if self.device.type == "cpu":
             self.postprocess(torch.zeros((1, self.num_classes, 2, 2)), (4, 3))
 
@@ -142,9 +145,7 @@ class Segmenter:
         inputs, resized = {}, {}
         for name in names:
             resized[name] = preprocess.resize(name, given[name], (height, width))
-            unit = preprocess.to_unit(name, resized[name])
-            mean, std = self._norms[name]
-            chw = preprocess.normalize_chw(unit.transpose(2, 0, 1), mean, std)  # float32, C order
+            chw = preprocess.model_input(name, resized[name], *self._norms[name])  # to_unit, normalised; C order
             inputs[name] = torch.from_numpy(chw)[None].to(self.device)
         return names, inputs, output_size, resized
 

@@ -4,9 +4,9 @@ Each output pixel blends the 2x2 source pixels of its cell (the bilinear taps of
 F.interpolate(align_corners=False)). Where the four share their argmax class c, the blend keeps c the argmax (a convex
 combination keeps the dominance) and its value is the blend of the max-probability map, so one upsampled map gives
 label and confidence. Where they disagree (class boundaries: 4% of the cells of the shipped model's 128 px output)
-only the (at most four) classes that win a source can win the blend unless another class exceeds the winner somewhere
-among the four sources: the candidates are blended per pixel, and pixels where the best candidate does not beat every
-other class's largest source value get all K classes. Labels equal those of the full upsampling except where two
+only the (at most four) classes that win a source can win the blend, unless another class exceeds them somewhere
+among the four sources: the candidates are blended per pixel, and so are the cell's few rivals (classes with a source
+value above the least the best candidate can blend to). Labels equal those of the full upsampling except where two
 classes tie to rounding; confidence agrees within float32 rounding.
 
 The per-pixel work runs in numba kernels, on one core: on this 2-core machine a parallel kernel's threads wait for a
@@ -92,15 +92,25 @@ def _blend(probabilities, k, r0, c0, r1, c1, a0, a1, b0, b1):  # pragma: no cove
             + (probabilities[k, r1, c0] * a0 + probabilities[k, r1, c1] * a1) * b1)
 
 
+# A class outside a cell's candidates whose largest source value is below this fraction of the candidates' floor
+# cannot win any pixel of the cell: its blend exceeds its largest source by a few float32 ulps at most (~4e-7), the
+# winning candidate's blend undercuts its smallest source by as little.
+RIVAL_MARGIN = np.float32(1.0 - 2e-6)
+
+
 @numba.njit(cache=True, nogil=True)
 def _blend_mixed(probabilities, best, cell_y, cell_x, below, right, row_start, row_end, col_start, col_end,
                  wy0, wy1, wx0, wx1, labels, confidence):  # pragma: no cover - compiled
-    """Label and confidence of every output pixel of the mixed cells: the best of the cell's candidate classes, or of
-    all classes where another class could win. A cell's distinct candidates (ascending, so equal blends go to the
-    lower class id, as argmax does) and their four source values are gathered once per cell."""
+    """Label and confidence of every output pixel of the mixed cells: the best of the cell's candidate classes and of
+    its rivals. A cell's distinct candidates (ascending, so equal blends go to the lower class id, as argmax does)
+    and their four source values are gathered once per cell, and so are its rivals: the other classes that could
+    beat the best candidate somewhere in the cell (a source value above the candidates' floor, the largest of their
+    smallest source values). Most cells have none; testing every class at every pixel where one might win instead
+    took most of this kernel's time."""
     classes = probabilities.shape[0]
     candidates = np.empty(4, np.int64)
     sources = np.empty((4, 4), np.float32)  # per candidate: top-left, top-right, bottom-left, bottom-right
+    rivals = np.empty(classes, np.int64)
     for n in range(cell_y.shape[0]):
         r0, c0 = cell_y[n], cell_x[n]
         r1, c1 = below[r0], right[c0]
@@ -108,23 +118,29 @@ def _blend_mixed(probabilities, best, cell_y, cell_x, below, right, row_start, r
         candidates[2], candidates[3] = best[r1, c0], best[r1, c1]
         candidates.sort()
         distinct = 0
+        floor = np.float32(-1.0)  # every pixel's best candidate blends to at least this (to rounding)
         for q in range(4):
             if q == 0 or candidates[q] != candidates[q - 1]:
                 k = candidates[q]
                 candidates[distinct] = k
-                sources[distinct, 0], sources[distinct, 1] = probabilities[k, r0, c0], probabilities[k, r0, c1]
-                sources[distinct, 2], sources[distinct, 3] = probabilities[k, r1, c0], probabilities[k, r1, c1]
+                a, b = probabilities[k, r0, c0], probabilities[k, r0, c1]
+                c, d = probabilities[k, r1, c0], probabilities[k, r1, c1]
+                sources[distinct, 0], sources[distinct, 1], sources[distinct, 2], sources[distinct, 3] = a, b, c, d
+                floor = max(floor, min(a, b, c, d))
                 distinct += 1
-        bound = np.float32(-1.0)  # the largest source value of any class that is not a candidate
+        floor *= RIVAL_MARGIN
+        count = 0
         for k in range(classes):
             other = True
             for q in range(distinct):
                 other = other and k != candidates[q]
-            if other:
-                bound = max(bound, probabilities[k, r0, c0], probabilities[k, r0, c1], probabilities[k, r1, c0],
-                            probabilities[k, r1, c1])
+            if other and max(probabilities[k, r0, c0], probabilities[k, r0, c1], probabilities[k, r1, c0],
+                             probabilities[k, r1, c1]) >= floor:
+                rivals[count] = k
+                count += 1
         for oy in range(row_start[r0], row_end[r0]):
             b0, b1 = wy0[oy], wy1[oy]
+            label_row, confidence_row = labels[oy], confidence[oy]
             for ox in range(col_start[c0], col_end[c0]):
                 a0, a1 = wx0[ox], wx1[ox]
                 winner, top = candidates[0], np.float32(-1.0)
@@ -133,13 +149,13 @@ def _blend_mixed(probabilities, best, cell_y, cell_x, below, right, row_start, r
                          + (sources[q, 2] * a0 + sources[q, 3] * a1) * b1)
                     if v > top:
                         winner, top = candidates[q], v
-                if top <= bound:
-                    for k in range(classes):
-                        v = _blend(probabilities, k, r0, c0, r1, c1, a0, a1, b0, b1)
-                        if v > top or (v == top and k < winner):
-                            winner, top = k, v
-                labels[oy, ox] = winner
-                confidence[oy, ox] = top
+                for i in range(count):
+                    k = rivals[i]
+                    v = _blend(probabilities, k, r0, c0, r1, c1, a0, a1, b0, b1)
+                    if v > top or (v == top and k < winner):
+                        winner, top = k, v
+                label_row[ox] = winner
+                confidence_row[ox] = top
 
 
 def upsample_argmax(probabilities: np.ndarray, size: Tuple[int, int], dtype=np.uint8,

@@ -265,6 +265,16 @@ def test_class_softmax_is_torchs():
     assert torch.allclose(probabilities.sum(dim=1), torch.ones(2, 9, 7), atol=1e-6)
 
 
+def test_a_class_that_wins_no_source_can_win_the_blend():
+    """Between four sources won by A and B, C (second everywhere) wins the middle: the cell's rival is blended."""
+    a, b, c = [0.50, 0.05, 0.50, 0.05], [0.05, 0.50, 0.05, 0.50], [0.45, 0.45, 0.45, 0.45]  # TL, TR, BL, BR
+    probabilities = np.array([a, b, c], np.float32).reshape(3, 2, 2)
+    labels, confidence = upsample_argmax(probabilities, (8, 8))
+    ref_labels, ref_confidence, _ = full_upsampling(probabilities.transpose(1, 2, 0), (8, 8))
+    assert (labels[:, 3:5] == 2).all() and labels[0, 0] == 0 and labels[0, 7] == 1
+    assert (labels == ref_labels).all() and np.abs(confidence - ref_confidence).max() <= 1e-6
+
+
 def test_upsample_argmax_writes_into_given_arrays():
     """The node's message buffers: the same result written in place (stale contents overwritten), a wrong shape or
     dtype refused."""
@@ -350,6 +360,29 @@ def test_preprocess_converts_the_downscaled_image(segmenter):
         expected = cv2.resize(full, (width, height), interpolation=flag).transpose(2, 0, 1)
         tolerance = 1e-6 if flag == cv2.INTER_NEAREST_EXACT else 1 / 255 + 1e-6  # area: within one uint8 step
         assert np.abs(unit - expected).max() <= tolerance, name
+
+
+@pytest.mark.parametrize("name", sorted(modalities.REGISTRY))
+def test_model_input_is_to_unit_then_normalisation_to_the_bit(name):
+    """The engine's one-pass conversion against `to_unit` + `normalize_chw` (what training uses), for every dtype
+    and channel count a message gives, with the values that take each branch: 0, the top of the range, NaN, +-inf,
+    -0.0, negative metres, tiny values."""
+    rng = np.random.default_rng(len(name))
+    mean, std = rng.normal(0.0, 1.0, 3), rng.uniform(0.1, 2.0, 3)
+    for dtype in (np.uint8, np.uint16, np.float16, np.float32, np.float64):
+        for shape in ((7, 9), (7, 9, 1), (7, 9, 2), (7, 9, 3), (7, 9, 4)):
+            if np.issubdtype(dtype, np.integer):
+                image = rng.integers(0, np.iinfo(dtype).max + 1, shape).astype(dtype)
+                image.flat[:3] = [0, np.iinfo(dtype).max, 1]
+            else:
+                image = rng.normal(0.5, 40.0, shape).astype(dtype)
+                image.flat[:7] = [np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-30, -3.0]
+            expected = preprocess.normalize_chw(preprocess.to_unit(name, image).transpose(2, 0, 1), mean, std)
+            converted = preprocess.model_input(name, image, mean, std)
+            assert converted.dtype == np.float32 and converted.flags.c_contiguous, (dtype, shape)
+            np.testing.assert_array_equal(converted, expected, err_msg=f"{name} {np.dtype(dtype).name} {shape}")
+    with pytest.raises(ConfigError, match="3 channels"):
+        preprocess.model_input(name, np.zeros((4, 4, 5), np.uint8), mean, std)
 
 
 def test_core_never_imports_rclpy():

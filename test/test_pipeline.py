@@ -260,11 +260,17 @@ def test_labels_overlay_is_the_palette_blended_with_the_camera_to_one_level():
     rgb = np.ascontiguousarray(raw[:, :, :3])
     cameras = {"rgb8": rgb, "bgr8 view": rgb[:, :, ::-1], "bgra8 view": raw[:, :, 2::-1], "mono8": raw[:, :, 0].copy(),
                "rgb16": rng.integers(0, 65536, (31, 45, 3), dtype=np.uint16)}
-    blocks = np.repeat(np.repeat(rng.integers(0, card.num_classes, (4, 5)), 8, 0), 9, 1)[:31].astype(np.uint8)
-    blocks[10, 7:30] = 1  # a row that differs from the rows above and below in a stretch (a mixed cell's pixels)
-    for block_labels in (blocks, blocks[::-1].copy()):  # the overlay reuses the row above where the labels repeat
-        expected = outputs.overlay(outputs.colorize(block_labels, card.class_set), rgb, 0.4).astype(int)
-        assert np.abs(outputs.labels_overlay(block_labels, rgb, card.class_set, 0.4) - expected).max() <= 1
+    for width in (45, 48):  # compared with the row above pixel by pixel, and in words of 8 labels
+        blocks = np.repeat(np.repeat(rng.integers(0, card.num_classes, (4, 6)), 8, 0), 9, 1)[:31, :width]
+        blocks = blocks.astype(np.uint8)
+        blocks[10, 7:30] = 1  # a row that differs from the rows above and below in a stretch (a mixed cell's pixels)
+        blocks[20, 13] = blocks[20, 13] ^ 1  # one label inside a word
+        blocks[25, width - 1] = blocks[25, width - 1] ^ 1  # the last one
+        camera = np.ascontiguousarray(raw[:, :width, :3]) if width <= 45 else rng.integers(0, 256, (31, width, 3),
+                                                                                            dtype=np.uint8)
+        for block_labels in (blocks, blocks[::-1].copy()):  # the overlay reuses the row above where labels repeat
+            expected = outputs.overlay(outputs.colorize(block_labels, card.class_set), camera, 0.4).astype(int)
+            assert np.abs(outputs.labels_overlay(block_labels, camera, card.class_set, 0.4) - expected).max() <= 1
     for name, camera in cameras.items():
         unit = preprocess.to_unit("rgb", camera)
         for alpha in (0.0, 0.3, 0.5, 0.9, 1.0):
