@@ -16,6 +16,7 @@ first call.
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional, Tuple
 
 import cv2
@@ -33,12 +34,20 @@ def bilinear_taps(n_out: int, n_in: int):
     return first, np.float32(1.0) - weight, weight
 
 
-def _runs(first: np.ndarray, n_in: int) -> Tuple[np.ndarray, np.ndarray]:
-    """[start, end) of the output indices whose first tap is each source index: the taps are monotonic, so a cell's
-    output pixels are a run of rows times a run of columns (empty when shrinking skips the source)."""
+@functools.lru_cache(maxsize=64)  # a node sees one or two sizes: building the plan cost ~0.2 ms a set
+def axis_plan(n_out: int, n_in: int) -> Tuple[np.ndarray, ...]:
+    """Along one axis: the bilinear taps (first source index, its weight, the next one's weight), the next source
+    index of each source (clamped at the edge: the kernels' `below` / `right`) and [start, end) of the output
+    indices whose first tap is each source index (the taps are monotonic, so a cell's output pixels are a run of
+    rows times a run of columns; empty when shrinking skips the source). Read-only: every caller shares them."""
+    first, weight_first, weight_next = bilinear_taps(n_out, n_in)
+    following = np.minimum(np.arange(n_in) + 1, n_in - 1)
     counts = np.bincount(first, minlength=n_in)
     end = np.cumsum(counts)
-    return end - counts, end
+    plan = first, weight_first, weight_next, following, end - counts, end
+    for values in plan:
+        values.flags.writeable = False
+    return plan
 
 
 @numba.njit(cache=True, nogil=True)
@@ -173,17 +182,14 @@ def upsample_argmax(probabilities: np.ndarray, size: Tuple[int, int], dtype=np.u
         raise ValueError(f"upsample_argmax: out must be ({height}, {width}) {np.dtype(dtype).name} labels and "
                          f"float32 confidence, got {labels.shape} {labels.dtype} and {confidence.shape} "
                          f"{confidence.dtype}")
-    below, right = np.minimum(np.arange(h) + 1, h - 1), np.minimum(np.arange(w) + 1, w - 1)
+    _, wy0, wy1, below, row_start, row_end = axis_plan(height, h)
+    _, wx0, wx1, right, col_start, col_end = axis_plan(width, w)
     best, peak, mixed = np.empty((h, w), np.int32), np.empty((h, w), np.float32), np.empty((h, w), np.bool_)
     _source_cells(probabilities, below, right, best, peak, mixed)
     if (h, w) == (height, width):
         labels[...], confidence[...] = best, peak
         return labels, confidence
     cv2.resize(peak, (width, height), dst=confidence, interpolation=cv2.INTER_LINEAR)
-    y0, wy0, wy1 = bilinear_taps(height, h)
-    x0, wx0, wx1 = bilinear_taps(width, w)
-    row_start, row_end = _runs(y0, h)
-    col_start, col_end = _runs(x0, w)
     _fill_cells(best, row_start, row_end, col_start, col_end, labels)
     cell_y, cell_x = np.nonzero(mixed)
     if cell_y.size:
