@@ -38,8 +38,9 @@ def test_bench_kernels_prints_ours_beside_the_library_path(capsys):
     assert main(["bench", "kernels", "--sizes", "192x160", "--repeat", "2", "--frames", "2"]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
     header, row = ([c.strip() for c in line.strip("|").split("|")] for line in (lines[0], lines[2]))
-    assert row[0] == "192x160" and len(row) == len(header) == 10
+    assert row[0] == "192x160" and len(row) == len(header) == 12
     assert "area average (ours) ms" in header and "overlay (cv2 LUT + addWeighted) ms" in header
+    assert "model input, all inputs (one pass) ms" in header
     assert all(float(v) > 0 for v in row[1:])
 
 

@@ -9,6 +9,8 @@ kernels use one core; on this 2-core machine the second is the peer's, the execu
   * class softmax of (1, K, h, w) logits: `engine.class_softmax` vs torch.softmax(dim=1);
   * argmax upsampling of the default card's output on the synthetic scene (`upsample_argmax`; the full K-map
     upsampling it replaces is in the engine's equivalence test, ~100x slower at these sizes);
+  * the card's inputs, resized to its input size, to model input: `preprocess.model_input` (one pass each) vs
+    `to_unit` then `normalize_chw` (the same values, as training computes them);
   * a 32FC1 Image of the confidence: from a `msgs.MessageBuffers` array (no copy) vs from a fresh array.
 """
 from __future__ import annotations
@@ -67,6 +69,16 @@ def main(args) -> int:
         buffers = msgs.MessageBuffers(depth=args.frames)
         confidences = [buffers.take("confidence", size, np.float32) for _ in range(args.frames)]
         fresh = [np.full(size, 0.5, np.float32) for _ in range(args.frames)]
+        resized = {name: preprocess.resize(name, array, model_hw) for name, array in arrays.items()}
+
+        def convert(one_pass: bool):
+            for name, image in resized.items():
+                mean, std = card.normalization(name)
+                if one_pass:
+                    preprocess.model_input(name, image, mean, std)
+                else:
+                    preprocess.normalize_chw(preprocess.to_unit(name, image).transpose(2, 0, 1), mean, std)
+
         cells = {
             "area average (ours)": _median_ms(lambda f: preprocess.area(f, model_hw), frames, args.repeat),
             "area average (cv2 INTER_AREA)": _median_ms(
@@ -77,6 +89,8 @@ def main(args) -> int:
             "class softmax (ours)": _median_ms(class_softmax, [logits], args.repeat),
             "class softmax (torch.softmax)": _median_ms(lambda x: torch.softmax(x, dim=1), [logits], args.repeat),
             "argmax upsampling": _median_ms(lambda p: upsample_argmax(p, size), [probabilities], args.repeat),
+            "model input, all inputs (one pass)": _median_ms(convert, [True], args.repeat),
+            "model input, all inputs (to_unit + normalize_chw)": _median_ms(convert, [False], args.repeat),
             "confidence Image (buffer)": _median_ms(msgs.confidence_to_image, confidences, args.repeat),
             "confidence Image (fresh array)": _median_ms(msgs.confidence_to_image, fresh, args.repeat),
         }
