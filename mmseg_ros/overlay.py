@@ -1,9 +1,9 @@
 """The colour overlay in one pass: each pixel's palette colour blended with the camera's, in 8.8 fixed point.
 
-cv2's way (grey to three channels, a per-byte lookup table, then addWeighted) writes and reads the frame three times;
-at 1920x1200 on one core it took 8.8 ms against 2.0 ms here (`mmseg bench kernels`). Per row, the label colours are
-gathered into a row of pre-weighted palette values (only where the label differs from the row above), and the blend
-then runs over contiguous bytes (the loop vectorises). The camera weight is alpha rounded to 1/256 and the palette's
+cv2's way (grey to three channels, a per-byte lookup table, then addWeighted) writes and reads the frame three times
+and took 5-7x as long on one core (`mmseg bench kernels`, 1920x1200). Per row, the label colours are gathered into a
+row of pre-weighted palette values (only where the labels differ from the row above), and the blend then runs over
+contiguous bytes (the loop vectorises). The camera weight is alpha rounded to 1/256 and the palette's
 is its complement, so a pixel is within one level of the float blend and the sum never leaves 16 bits
 (255 * 256 + 128).
 """
