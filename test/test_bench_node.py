@@ -31,6 +31,23 @@ def test_row_sums_stages_and_adds_transport_wait_and_forward_to_the_latency():
     assert row["latency"] == pytest.approx(20.0 + 10.0 + 30.0) and row["latency - forward"] == pytest.approx(30.0)
 
 
+def test_table_caption_says_the_load_average_and_what_was_published(capsys):
+    """The printed table: one line per size, and the caption names the card, the outputs the peer received and the
+    load average before and after (on a shared CPU it moves every column)."""
+    from types import SimpleNamespace
+
+    from mmseg_ros.pipeline import NodeConfig
+
+    config = NodeConfig.from_values({})
+    stages = SimpleNamespace(config=config, built=node.OUTPUTS,
+                             pipeline=SimpleNamespace(segmenter=SimpleNamespace(device="cpu")))
+    row = ["1024x1024", 4, "3/3", *([1.0] * 21)]  # the 24 columns
+    node._print_table([row], config.card, {"received": {"labels": 2}}, stages, load=(0.61, 0.74))
+    out = capsys.readouterr().out
+    assert "| 1024x1024 |" in out and f"Card {config.card.name}" in out and "{'labels': 2}" in out
+    assert "Load average (1 min) 0.61 before / 0.74 after" in out
+
+
 def test_bench_kernels_prints_ours_beside_the_library_path(capsys):
     """`mmseg bench kernels` at a small size: one row, every step timed (positive), ours and the library call each."""
     from mmseg_ros.cli import main

@@ -20,6 +20,7 @@ are per set (all inputs); the node overhead is their per-set sum. The first set 
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Optional
@@ -308,6 +309,7 @@ def _bench(args) -> int:
     from .. import cards
     from ..ros import dds
 
+    load_before = os.getloadavg()[0]  # the caption gives it: on a shared CPU it moves both columns
     transport = dds.configure_transport()
     import rclpy
     from rclpy.qos import QoSProfile, qos_profile_sensor_data
@@ -382,7 +384,7 @@ def _bench(args) -> int:
                 peer.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 peer.kill()
-    _print_table(rows, card, outputs, stages, live=args.live)
+    _print_table(rows, card, outputs, stages, live=args.live, load=(load_before, os.getloadavg()[0]))
     return 0
 
 
@@ -423,7 +425,7 @@ def _row(size, inputs, group, timed, sent) -> list:
             median_ms(latency), median_ms(latency) - median_ms([t["forward"] for t in timings])]
 
 
-def _print_table(rows, card, outputs, stages, live: bool = False) -> None:
+def _print_table(rows, card, outputs, stages, live: bool = False, load=None) -> None:
     import torch
 
     from ..reporting import markdown_table
@@ -448,5 +450,7 @@ def _print_table(rows, card, outputs, stages, live: bool = False) -> None:
         "Sync wait: the synchronizer's own delay after the set's last input arrived. Latency: anchor stamp to the "
         "outputs published, per set (transport + sync wait + node overhead + forward), as a node with an idle "
         "worker would see it. Outputs "
-        f"received by the peer: {outputs.get('received')}.")
+        f"received by the peer: {outputs.get('received')}."
+        + ("" if load is None else f" Load average (1 min) {load[0]:.2f} before / {load[1]:.2f} after, "
+           f"{os.cpu_count()} CPUs."))
     print("\n" + caption)
