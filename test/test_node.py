@@ -202,6 +202,14 @@ def stop(proc: subprocess.Popen, sig=signal.SIGINT) -> tuple:
     return code, time.monotonic() - started
 
 
+def kill(*procs: Optional[subprocess.Popen]) -> None:
+    """Cleanup after a test: every process given (None: never started) that still runs is killed and reaped."""
+    for proc in procs:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(5.0)
+
+
 @pytest.fixture(scope="module")
 def listener():
     listener = Listener()
@@ -290,10 +298,7 @@ def drive(listener, tmp_path_factory):
         time.sleep(1.0)  # the last outputs and diagnostics
         code, exit_s = stop(node)
     finally:
-        for proc in (sensors, node):
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.wait(5.0)
+        kill(sensors, node)
     sensors_text = sensors_log.read_text()
     match = re.search(r"t0=(\d+)\.(\d{9})", sensors_text)
     assert match, f"no t0 in the sensors' output:\n{sensors_text}"
@@ -568,9 +573,7 @@ def test_lifecycle_transitions_sim_time_reliable_inputs_and_pointcloud_lidar(lis
         code, seconds = stop(node, signal.SIGTERM)
     finally:
         rig.close()
-        if node.poll() is None:
-            node.kill()
-            node.wait(5.0)
+        kill(node)
     assert code == 0 and seconds < 2.0, (code, seconds, _tail(log))
 
     outputs = listener.seen(labels)
@@ -679,9 +682,7 @@ def test_a_publisher_at_fast_dds_defaults_is_named_as_a_transport_problem(listen
         # The publisher needs a moment to match before it sends; the diagnostic must follow within 5 s of that.
         assert first < 5.0 + 2.0, first
     finally:
-        if peer is not None:
-            peer.kill()
-            peer.wait()
+        kill(peer)
         code, _ = stop(node)
     assert code == 0, _tail(log)
 
@@ -715,8 +716,6 @@ def test_confidence_and_color_are_built_only_while_subscribed(listener, tmp_path
         color = listener.seen(f"{ns}/{NODE}/color")
         assert all(s.encoding == "rgb8" and (s.width, s.height) == (SIZE, SIZE) for s in color)
     finally:
-        if sensors is not None:
-            sensors.kill()
-            sensors.wait()
+        kill(sensors)
         code, _ = stop(node)
     assert code == 0, _tail(log)
