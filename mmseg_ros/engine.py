@@ -80,8 +80,8 @@ class Segmenter:
         # average and the conversion to model input for the dtypes cameras send, the argmax upsampling on the CPU.
         for dtype in (np.uint8, np.uint16, np.float32):
             area_average.shrink(np.zeros((4, 4, 3), dtype), (2, 2))
-            for name in self.modalities:
-                preprocess.model_input(name, np.zeros((2, 2), dtype), *self._norms[name])
+            name = self.modalities[0]  # the kernel is compiled per dtype; the modality only picks runtime branches
+            preprocess.model_input(name, np.zeros((2, 2), dtype), *self._norms[name])
         if self.device.type == "cpu":
             self.postprocess(torch.zeros((1, self.num_classes, 2, 2)), (4, 3))
 
