@@ -384,7 +384,7 @@ def _bench(args) -> int:
                 peer.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 peer.kill()
-    _print_table(rows, card, outputs, stages, live=args.live, load=(load_before, os.getloadavg()[0]))
+    _print_table(rows, card, outputs, stages, (load_before, os.getloadavg()[0]), live=args.live)
     return 0
 
 
@@ -425,7 +425,7 @@ def _row(size, inputs, group, timed, sent) -> list:
             median_ms(latency), median_ms(latency) - median_ms([t["forward"] for t in timings])]
 
 
-def _print_table(rows, card, outputs, stages, live: bool = False, load=None) -> None:
+def _print_table(rows, card, outputs, stages, load: tuple, live: bool = False) -> None:
     import torch
 
     from ..reporting import markdown_table
@@ -450,7 +450,6 @@ def _print_table(rows, card, outputs, stages, live: bool = False, load=None) -> 
         "Sync wait: the synchronizer's own delay after the set's last input arrived. Latency: anchor stamp to the "
         "outputs published, per set (transport + sync wait + node overhead + forward), as a node with an idle "
         "worker would see it. Outputs "
-        f"received by the peer: {outputs.get('received')}."
-        + ("" if load is None else f" Load average (1 min) {load[0]:.2f} before / {load[1]:.2f} after, "
-           f"{os.cpu_count()} CPUs."))
+        f"received by the peer: {outputs.get('received')}. Load average (1 min) {load[0]:.2f} before / "
+        f"{load[1]:.2f} after, {os.cpu_count()} CPUs.")
     print("\n" + caption)
